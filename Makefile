@@ -1,0 +1,90 @@
+# Jetson transformer toolkit. `make demo` runs the whole flow on generated sample data;
+# `make test` runs the CPU test suite. Both create .venv on first use.
+#
+# Data: DATA=sample (default, generated, offline) | DATA=hub (Hugging Face) | DATA_DIR=folder
+#       IMDB_DATA / STORIES_DATA override per model (e.g. ../shared/data/imdb).
+# Passthrough: EPOCHS=, TRAIN_ARGS= (any train option), MODEL=imdb|stories, PRECISION=, SPLIT=
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements/host.txt requirements/test.txt | cksum | cut -d' ' -f1)
+
+DATA ?= sample
+DATA_DIR ?=
+IMDB_DATA ?= $(or $(DATA_DIR),$(DATA))
+STORIES_DATA ?= $(or $(DATA_DIR),$(DATA))
+MODEL ?= imdb
+PRECISION ?= fp16
+MAX_DROP ?= 0.5
+EPOCHS ?=
+TRAIN_ARGS ?=
+PROMPT ?= Once upon a time
+SPLIT ?= $(if $(filter stories,$(MODEL)),valid,test)
+MODEL_DATA = $(if $(filter stories,$(MODEL)),$(STORIES_DATA),$(IMDB_DATA))
+EPOCH_ARG = $(if $(EPOCHS),--epochs $(EPOCHS))
+
+# Small models for the sample-data demo: minutes on 2 CPU cores.
+DEMO_IMDB_ARGS ?= --epochs 2 --d-model 64 --n-layers 2 --n-heads 4 --d-ff 128 --max-seq-len 256 --vocab-size 2000 --val-size 200
+DEMO_STORIES_ARGS ?= --epochs 2 --d-model 128 --n-layers 2 --n-heads 4 --d-ff 256 --max-seq-len 256 --vocab-size 2000 --seq-len 128 --val-stories 100
+
+.PHONY: setup demo train-imdb train-stories validate generate onnx calibrate engine bench test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements/host.txt requirements/test.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements/host.txt -r requirements/test.txt
+	rm -f $(VENV)/.installed-* && touch $@
+
+train-imdb: setup
+	$(PY) -m train.imdb --data $(IMDB_DATA) $(EPOCH_ARG) $(TRAIN_ARGS)
+
+train-stories: setup
+	$(PY) -m train.tinystories --data $(STORIES_DATA) $(EPOCH_ARG) $(TRAIN_ARGS)
+
+validate: setup
+	$(PY) -m train.validate --checkpoint checkpoints/$(MODEL)/best.pt --split $(SPLIT) \
+		--data $(MODEL_DATA) --output-dir results/$(MODEL)-validate
+
+generate: setup
+	$(PY) -m train.generate --checkpoint checkpoints/stories/best.pt --prompt "$(PROMPT)"
+
+onnx: setup
+	$(PY) -m export.onnx_model --checkpoint checkpoints/$(MODEL)/best.pt --output models/$(MODEL).onnx
+
+calibrate: setup
+	$(PY) -m calibration.dataset --onnx models/$(MODEL).onnx --data $(MODEL_DATA) \
+		--output calibration/$(MODEL).calib.npz
+	$(PY) -m calibration.qdq --onnx models/$(MODEL).onnx --calib calibration/$(MODEL).calib.npz \
+		--output models/$(MODEL).qdq.onnx
+	$(PY) -m calibration.gate --fp32 models/$(MODEL).onnx --int8 models/$(MODEL).qdq.onnx \
+		--data $(MODEL_DATA) --split $(SPLIT) --report reports/$(MODEL).int8.json --fp16
+
+engine: setup
+	$(PY) -m engines.build --onnx models/$(MODEL).onnx --precision $(PRECISION) \
+		--output engines/$(MODEL).$(PRECISION).plan \
+		$(if $(filter int8 best,$(PRECISION)),--qdq-onnx models/$(MODEL).qdq.onnx \
+		--accuracy-report reports/$(MODEL).int8.json --max-drop $(MAX_DROP))
+
+bench: setup
+	$(PY) runtime/bench.py --onnx models/$(MODEL).onnx --output results/bench_$(MODEL).json
+
+demo: setup
+	@echo "== demo on DATA=$(DATA): train, validate, export, calibrate, engine, classify, generate, bench =="
+	$(PY) -m train.imdb --data $(IMDB_DATA) $(DEMO_IMDB_ARGS) $(TRAIN_ARGS)
+	$(PY) -m train.tinystories --data $(STORIES_DATA) $(DEMO_STORIES_ARGS) $(TRAIN_ARGS)
+	$(MAKE) --no-print-directory validate MODEL=imdb
+	$(MAKE) --no-print-directory validate MODEL=stories
+	$(PY) -m train.generate --checkpoint checkpoints/stories/best.pt --prompt "$(PROMPT)" --max-new-tokens 60
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf checkpoints models results reports engines/*.plan engines/*.plan.json \
+		engines/*.timing.cache calibration/*.npz calibration/*.cache .pytest_cache

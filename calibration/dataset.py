@@ -1,0 +1,221 @@
+"""Build a calibration set: real tokenized batches from the TRAIN split, saved as ``.calib.npz``.
+
+    python -m calibration.dataset --onnx models/imdb.onnx --data sample
+        --output calibration/imdb.calib.npz [--batches 16] [--batch-size 8]
+
+The batches cover the ONNX profile: their sequence lengths run geometrically from a short one
+to the profile's maximum, so calibration sees the activation ranges of short and long inputs.
+Rows are padded the way the runtime pads them (classifier: right, with a mask; decoder prompts:
+left, with position ids counted from the first real token) and tokenized as in training.
+
+Host-side (reads the text data through ``train.data``, which is pure Python); never torch. The
+tokenizing helpers here are shared with ``calibration.gate``.
+"""
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+if __package__ in (None, ""):  # run as a script: python calibration/dataset.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import click
+import numpy as np
+
+from calibration.loader import position_ids_for, save_calibration_set
+from common.artifacts import axis_range, load_onnx_sidecar, tokenizer_path
+from common.errors import ToolkitError, exit_on_toolkit_error
+
+SPLIT = "train"  # calibration never sees the evaluation split
+SHORTEST = 8  # tokens: the short end of the length schedule, when the profile allows it
+POOL_PER_ROW = 4  # candidate texts tokenized per calibration row, to find rows of each length
+
+
+def truncate_head_tail(ids: Sequence[int], max_len: int) -> List[int]:
+    """Training's truncation rule (``train.batching.truncate_head_tail``, which imports torch):
+    keep the first quarter and the last three quarters of the budget. A test pins the two."""
+    if len(ids) <= max_len:
+        return list(ids)
+    head = max_len // 4
+    return list(ids[:head]) + list(ids[len(ids) - (max_len - head):])
+
+
+def encode_reviews(tok, texts: Sequence[str], max_len: int, prepend_cls: bool) -> List[List[int]]:
+    """Classifier inputs exactly as training builds them (``train.batching.encode_texts``)."""
+    cls_id = tok.token_to_id("<cls>")
+    budget = max_len - 1 if prepend_cls else max_len
+    encoded = []
+    for enc in tok.encode_batch(list(texts)):
+        ids = truncate_head_tail(enc.ids, budget)
+        encoded.append([cls_id] + ids if prepend_cls else ids)
+    return encoded
+
+
+def token_stream(tok, stories: Sequence[str], eos_id: int) -> np.ndarray:
+    """All stories as one stream, each followed by end-of-text.  # (n_tokens,) int64"""
+    stream: List[int] = []
+    for enc in tok.encode_batch(list(stories)):
+        stream.extend(enc.ids)
+        stream.append(eos_id)
+    return np.asarray(stream, dtype=np.int64)
+
+
+def length_schedule(shortest: int, longest: int, n_batches: int) -> List[int]:
+    """Geometric lengths from ``shortest`` to ``longest`` (both included), one per batch."""
+    if n_batches == 1:
+        return [longest]
+    ratio = (longest / shortest) ** (1.0 / (n_batches - 1))
+    lengths = [int(round(shortest * ratio ** i)) for i in range(n_batches)]
+    lengths[-1] = longest  # rounding must not miss the profile's maximum
+    return [min(max(n, shortest), longest) for n in lengths]
+
+
+def load_texts(kind: str, source: str) -> List[str]:
+    """The TRAIN split's texts: reviews for the classifier, stories for the decoder."""
+    from train import data
+
+    if kind == "classifier":
+        texts, _labels = data.imdb_splits(source)[SPLIT]
+        return texts
+    return data.tinystories_splits(source)[SPLIT]
+
+
+def classifier_batches(tok, texts: Sequence[str], lengths: Sequence[int], batch_size: int,
+                       prepend_cls: bool, pad_id: int, rng: random.Random) -> List[Dict]:
+    """One batch per length: rows whose tokens fill that length where the data allows."""
+    pool = rng.sample(list(texts), min(len(texts), len(lengths) * batch_size * POOL_PER_ROW))
+    pool_lengths = [len(enc.ids) + int(prepend_cls) for enc in tok.encode_batch(pool)]
+    unused = set(range(len(pool)))
+    batches = []
+    for seq in lengths:
+        chosen = _closest_rows(pool_lengths, unused, seq, batch_size)
+        unused -= set(chosen)
+        rows = encode_reviews(tok, [pool[i] for i in chosen], seq, prepend_cls)
+        input_ids = np.full((len(rows), seq), pad_id, np.int32)  # (batch, seq), right-padded
+        attention_mask = np.zeros((len(rows), seq), np.int32)  # (batch, seq) 1 = token
+        for r, row in enumerate(rows):
+            input_ids[r, :len(row)] = row
+            attention_mask[r, :len(row)] = 1
+        batches.append({"input_ids": input_ids, "attention_mask": attention_mask})
+    return batches
+
+
+def _closest_rows(lengths: Sequence[int], unused: set, seq: int, count: int) -> List[int]:
+    """Rows at least ``seq`` long, shortest first (they fill the batch without padding); then
+    the longest of the rest. Falls back to reusing rows when the pool runs dry."""
+    candidates = sorted(unused or range(len(lengths)),
+                        key=lambda i: (lengths[i] < seq, abs(lengths[i] - seq), i))
+    return [candidates[i % len(candidates)] for i in range(count)]
+
+
+def decoder_batches(tok, stories: Sequence[str], lengths: Sequence[int], batch_size: int,
+                    eos_id: int, pad_id: int, rng: random.Random) -> List[Dict]:
+    """Prompts that start where a story starts; per batch the first row fills the length and
+    the others are shorter (left padding), as when the runtime batches prompts."""
+    stream = token_stream(tok, stories, eos_id)  # (n_tokens,) int64
+    story_starts = np.concatenate([[0], np.flatnonzero(stream == eos_id) + 1])  # (stories,)
+    batches = []
+    for seq in lengths:
+        fits = story_starts[story_starts + seq <= len(stream)]
+        if not len(fits):
+            raise ToolkitError(f"the {SPLIT} stories hold {len(stream)} tokens: too few for one "
+                               f"calibration prompt of {seq} tokens")
+        input_ids = np.full((batch_size, seq), pad_id, np.int32)  # (batch, seq), left-padded
+        attention_mask = np.zeros((batch_size, seq), np.int32)  # (batch, seq) 1 = token
+        for r in range(batch_size):
+            n = seq if r == 0 else rng.randint(max(1, seq // 2), seq)
+            start = int(fits[rng.randrange(len(fits))])
+            input_ids[r, seq - n:] = stream[start:start + n]
+            attention_mask[r, seq - n:] = 1
+        batches.append({"input_ids": input_ids, "position_ids": position_ids_for(attention_mask),
+                        "attention_mask": attention_mask})
+    return batches
+
+
+def profile_lengths(sidecar: Dict[str, Any]) -> tuple:
+    """(shortest, longest) prefill length the ONNX profile allows."""
+    if sidecar["kind"] == "classifier":
+        lo, hi = axis_range(sidecar, "seq")
+    else:
+        lo, hi = axis_range(sidecar, "new")
+        hi = min(hi, axis_range(sidecar, "total")[1])  # prefill: total = new
+    lo = max(lo, 1)
+    return max(lo, min(SHORTEST, hi)), hi
+
+
+def build_calibration_set(
+    onnx_path: str | Path,
+    source: str,
+    output: str | Path,
+    batches: int = 16,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> Path:
+    """Tokenize TRAIN-split text for the graph at ``onnx_path`` and write ``output`` (.npz)."""
+    from train.tokenizer import load_tokenizer
+
+    sidecar = load_onnx_sidecar(onnx_path)
+    kind = sidecar["kind"]
+    b_lo, b_hi = axis_range(sidecar, "batch")
+    if not b_lo <= batch_size <= b_hi:
+        raise ToolkitError(f"--batch-size {batch_size} is outside the profile's batch range "
+                           f"{b_lo}..{b_hi} ({onnx_path})")
+    if batches < 1:
+        raise ToolkitError(f"--batches {batches}: expected at least 1")
+    tok = load_tokenizer(tokenizer_path(onnx_path, sidecar))
+    special = sidecar["special_tokens"]
+    pad_id = special.get("pad_id") if special.get("pad_id") is not None else 0
+    lengths = length_schedule(*profile_lengths(sidecar), batches)
+    texts = load_texts(kind, source)
+    rng = random.Random(seed)
+    if kind == "classifier":
+        prepend_cls = sidecar["model_config"].get("pooling") == "cls"
+        token_batches = classifier_batches(tok, texts, lengths, batch_size, prepend_cls, pad_id,
+                                           rng)
+    else:
+        token_batches = decoder_batches(tok, texts, lengths, batch_size, special["eos_id"],
+                                        pad_id, rng)
+    meta = {
+        "kind": kind,
+        "input_names": [t["name"] for t in sidecar["inputs"]],
+        "source": source, "split": SPLIT, "seed": seed, "batch_size": batch_size,
+        "lengths": lengths, "pad_id": pad_id,
+        "onnx": Path(onnx_path).name, "onnx_sha256": sidecar["onnx_sha256"],
+        "tokenizer_sha256": sidecar["tokenizer_sha256"],
+        "profile": sidecar["dynamic_axes"],
+    }
+    if kind == "decoder":
+        meta.update(kv_layers=sidecar["kv_cache"]["layers"], kv_dim=sidecar["kv_cache"]["kv_dim"])
+    return save_calibration_set(output, token_batches, meta)
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--onnx", "onnx_path", required=True, type=click.Path(path_type=Path),
+              help="exported model (its sidecar and tokenizer lie beside it)")
+@click.option("--data", "data_source", default=None,
+              help="sample | hub | DIR (default: $DATA_DIR, $DATA, hub); the train split is used")
+@click.option("--output", required=True, type=click.Path(path_type=Path),
+              help="calibration set to write, e.g. calibration/imdb.calib.npz")
+@click.option("--batches", type=int, default=16, help="number of batches (one length each)")
+@click.option("--batch-size", type=int, default=8, help="rows per batch")
+@click.option("--seed", type=int, default=0)
+@exit_on_toolkit_error
+def main(onnx_path: Path, data_source: str | None, output: Path, batches: int,
+         batch_size: int, seed: int) -> None:
+    """Write real tokenized calibration batches covering the ONNX profile's lengths."""
+    from train.data import describe_source, resolve_data_source
+
+    source = resolve_data_source(data_source)
+    click.echo(describe_source(source))
+    path = build_calibration_set(onnx_path, source, output, batches, batch_size, seed)
+    from calibration.loader import CalibrationSet
+
+    calib = CalibrationSet(path)
+    lengths = sorted({s[1] for s in calib.shapes})
+    click.echo(f"wrote {path}: {len(calib)} batches of {batch_size}, lengths {lengths}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Explicit INT8 for TensorRT: insert QuantizeLinear/DequantizeLinear pairs with ONNX Runtime.
+
+    python -m calibration.qdq --onnx models/imdb.onnx --calib calibration/imdb.calib.npz
+        --output models/imdb.qdq.onnx --method entropy|percentile|minmax
+
+What TensorRT needs from a Q/DQ graph (DESIGN.md), and how it is obtained here:
+- signed INT8, zero points 0: ``QInt8`` activations and weights, ``ActivationSymmetric`` and
+  ``WeightSymmetric``;
+- per-channel weights (opset >= 13; ours is 17): ``per_channel`` with the MatMul weight axis 1,
+  the output channels of a ``(in, out)`` weight;
+- Q/DQ only at the inputs of MatMul/Gemm, where TensorRT fuses them into INT8 GEMMs; every other
+  op (LayerNorm, Softmax, Add, the KV and logits outputs) stays float;
+- no INT32 bias DequantizeLinear (TensorRT does not take one): ``QuantizeBias`` off.
+The result is checked against these rules before it is written (``check_qdq_for_tensorrt``).
+
+Host-only: onnx and onnxruntime are imported inside the functions; never torch.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List
+
+if __package__ in (None, ""):  # run as a script: python calibration/qdq.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import click
+
+from calibration.loader import CalibrationSet
+from common.artifacts import load_onnx_sidecar, sidecar_path
+from common.errors import ToolkitError, exit_on_toolkit_error
+from common.fileio import atomic_path, atomic_write_json, sha256_file
+
+METHODS = ("entropy", "percentile", "minmax")
+OP_TYPES = ["MatMul", "Gemm"]
+PRECISION = "int8-qdq"
+
+
+def load_onnx(path: str | Path):
+    """``onnx.load`` with a one-line error for a missing or unreadable file."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"ONNX file not found: {path}")
+    try:
+        return onnx.load(str(path))
+    except (DecodeError, ValueError, OSError) as exc:
+        raise ToolkitError(f"{path} is not a readable ONNX model ({exc})") from None
+
+
+def calibration_reader(calib: CalibrationSet):
+    """An ``onnxruntime.quantization.CalibrationDataReader`` over the calibration batches.
+
+    ``set_range``/``__len__`` let quantize_static collect one batch at a time
+    (``CalibStridedMinMax``): its histogram calibrators stack a whole collection into one array,
+    which fails when the batches have different lengths."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    feeds = list(calib)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._pending = iter(feeds)
+
+        def __len__(self):
+            return len(feeds)
+
+        def get_next(self):
+            return next(self._pending, None)
+
+        def set_range(self, start_index: int, end_index: int):
+            self._pending = iter(feeds[start_index:end_index])
+
+        def rewind(self):
+            self._pending = iter(feeds)
+
+    return Reader()
+
+
+def quantize_to_qdq(
+    onnx_path: str | Path,
+    calib_path: str | Path,
+    output: str | Path,
+    method: str = "entropy",
+) -> Dict[str, Any]:
+    """Write ``output`` (Q/DQ ONNX) and its sidecar; returns the Q/DQ summary."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if method not in METHODS:
+        raise ToolkitError(f"--method {method!r}: expected one of {list(METHODS)}")
+    sidecar = load_onnx_sidecar(onnx_path, check_hash=True)
+    load_onnx(onnx_path)  # a clear error for an unreadable graph before ORT's long one
+    calib = CalibrationSet(calib_path)
+    graph_inputs = [t["name"] for t in sidecar["inputs"]]
+    if calib.input_names != graph_inputs:
+        raise ToolkitError(f"calibration set {calib_path} feeds {calib.input_names}; "
+                           f"{onnx_path} takes {graph_inputs}: rebuild it with calibration.dataset")
+    calibrate_method = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
+                        "percentile": CalibrationMethod.Percentile}[method]
+    with tempfile.TemporaryDirectory(prefix="qdq-") as tmp:
+        prepared = preprocess(onnx_path, Path(tmp) / "prepared.onnx")
+        quantized = Path(tmp) / "quantized.onnx"
+        quantize_static(
+            str(prepared), str(quantized), calibration_reader(calib),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=OP_TYPES,
+            per_channel=True,
+            reduce_range=False,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=calibrate_method,
+            extra_options={
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                "QuantizeBias": False,
+                "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+                "OpTypesToExcludeOutputQuantization": OP_TYPES,
+                "CalibStridedMinMax": 1,  # one batch per collection: see calibration_reader
+            },
+        )
+        model = load_onnx(quantized)
+        protected = [t["name"] for t in sidecar["outputs"]]
+        summary = check_qdq_for_tensorrt(model, protected_outputs=protected)
+        with atomic_path(output) as tmp_out:
+            tmp_out.write_bytes(quantized.read_bytes())
+    write_qdq_sidecar(onnx_path, calib_path, output, sidecar, method, summary)
+    return summary
+
+
+def preprocess(onnx_path: str | Path, prepared: Path) -> Path:
+    """ORT's pre-processing (shape inference, basic optimizations) before quantization.
+
+    ``auto_merge`` lets symbolic shape inference merge the graph's symbolic axes; without it
+    it stops with "Incomplete symbolic shape inference" on these graphs (DESIGN.md)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(onnx_path), str(prepared), auto_merge=True)
+    except Exception as exc:  # noqa: BLE001 -- ORT raises bare Exception from shape inference
+        raise ToolkitError(f"quant_pre_process failed on {onnx_path} ({_first_line(exc)})"
+                           ) from None
+    return prepared
+
+
+def check_qdq_for_tensorrt(model, protected_outputs: List[str] | None = None) -> Dict[str, Any]:
+    """Check a Q/DQ graph against what TensorRT takes; returns counts, raises on a violation.
+
+    Rules: every Q/DQ is int8 with all-zero zero points; every DequantizeLinear feeds only
+    MatMul/Gemm; weight DequantizeLinear (constant input) is per-channel (``axis`` set, a scale
+    per channel); no graph output comes from a DequantizeLinear; opset stays 17.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    consumers: Dict[str, List[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    problems: List[str] = []
+    counts = {"quantize": 0, "dequantize": 0, "weights_per_channel": 0, "activations": 0}
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        counts["quantize" if node.op_type == "QuantizeLinear" else "dequantize"] += 1
+        zp = initializers.get(node.input[2]) if len(node.input) > 2 else None
+        if zp is None:
+            problems.append(f"{node.name}: no constant zero point")
+        elif zp.data_type != TensorProto.INT8 or numpy_helper.to_array(zp).any():
+            problems.append(f"{node.name}: zero point must be int8 and 0")
+        if node.op_type == "DequantizeLinear":
+            _check_dequantize(node, initializers, consumers, problems, counts)
+    for name in protected_outputs or []:
+        producer = next((n for n in graph.node if name in n.output), None)
+        if producer is not None and producer.op_type == "DequantizeLinear":
+            problems.append(f"graph output {name} comes from a DequantizeLinear (must stay float)")
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset != 17:
+        problems.append(f"opset {opset}, expected 17")
+    if counts["dequantize"] == 0:
+        problems.append("no Q/DQ nodes were inserted")
+    if problems:
+        raise ToolkitError(f"Q/DQ graph is not TensorRT-ready: {'; '.join(problems[:5])}")
+    return {**counts, "opset": opset}
+
+
+def _check_dequantize(node, initializers, consumers, problems: List[str], counts) -> None:
+    from onnx import numpy_helper
+
+    users = consumers.get(node.output[0], [])
+    if not users or any(op not in OP_TYPES for op in users):
+        problems.append(f"{node.name} feeds {users or 'nothing'}, expected only {OP_TYPES}")
+    if node.input[0] in initializers:  # a quantized weight
+        scale = numpy_helper.to_array(initializers[node.input[1]])
+        has_axis = any(a.name == "axis" for a in node.attribute)
+        if scale.ndim != 1 or scale.size < 2 or not has_axis:
+            problems.append(f"{node.name}: weight is not quantized per channel")
+        else:
+            counts["weights_per_channel"] += 1
+    else:
+        counts["activations"] += 1
+
+
+def write_qdq_sidecar(onnx_path, calib_path, output, sidecar: Dict[str, Any], method: str,
+                      summary: Dict[str, Any]) -> Path:
+    """The FP32 sidecar, re-pointed at the Q/DQ graph, with how the INT8 scales were made."""
+    data = dict(sidecar)
+    data.update(
+        precision=PRECISION,
+        onnx_sha256=sha256_file(output),
+        quantization={
+            "tool": "onnxruntime.quantization.quantize_static",
+            "method": method,
+            "activations": "int8 symmetric per-tensor",
+            "weights": "int8 symmetric per-channel",
+            "op_types": OP_TYPES,
+            "calibration_npz": Path(calib_path).name,
+            "calibration_sha256": sha256_file(calib_path),
+            "source_onnx": Path(onnx_path).name,
+            "source_onnx_sha256": sha256_file(onnx_path),
+            "qdq_nodes": summary,
+        },
+    )
+    return atomic_write_json(sidecar_path(output), data)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--onnx", "onnx_path", required=True, type=click.Path(path_type=Path),
+              help="FP32 model exported by export/ (sidecar beside it)")
+@click.option("--calib", "calib_path", required=True, type=click.Path(path_type=Path),
+              help="calibration set from calibration.dataset")
+@click.option("--output", required=True, type=click.Path(path_type=Path),
+              help="Q/DQ model to write, e.g. models/imdb.qdq.onnx")
+@click.option("--method", type=click.Choice(METHODS), default="entropy",
+              help="how activation ranges are chosen from the calibration data")
+@exit_on_toolkit_error
+def main(onnx_path: Path, calib_path: Path, output: Path, method: str) -> None:
+    """Quantize MatMul/Gemm inputs to symmetric INT8 Q/DQ for TensorRT."""
+    summary = quantize_to_qdq(onnx_path, calib_path, output, method)
+    click.echo(f"wrote {output} ({summary['dequantize']} DequantizeLinear, "
+               f"{summary['weights_per_channel']} per-channel weights) and {sidecar_path(output)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""ONNX sidecars: the JSON file written beside every exported ONNX graph (``model.onnx.json``).
+
+The sidecar is how later layers (calibration, engines, runtime) learn a graph's I/O names,
+dtypes, axis ranges, special tokens and KV-cache layout without opening the ONNX file or
+importing torch. Standard library only, so it imports on the device (Python 3.8).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+from common.errors import ToolkitError
+from common.fileio import atomic_write_json, read_json, sha256_file
+
+SIDECAR_FORMAT = "jetson-toolkit/onnx-sidecar"
+SIDECAR_VERSION = 1
+KINDS = ("classifier", "decoder")
+
+COMMON_KEYS = (
+    "format", "version", "kind", "opset", "inputs", "outputs", "dynamic_axes", "vocab_size",
+    "max_seq_len", "special_tokens", "tokenizer", "model_config", "checkpoint_sha256",
+    "tokenizer_sha256", "onnx_sha256",
+)
+KIND_KEYS = {
+    "classifier": ("labels",),
+    "decoder": ("topk", "kv_cache"),
+}
+KIND_AXES = {
+    "classifier": ("batch", "seq"),
+    "decoder": ("batch", "new", "past", "total"),
+}
+
+
+def sidecar_path(onnx_path: str | os.PathLike) -> Path:
+    """``models/imdb.onnx`` -> ``models/imdb.onnx.json``."""
+    onnx_path = Path(onnx_path)
+    return onnx_path.with_name(onnx_path.name + ".json")
+
+
+def tokenizer_path(onnx_path: str | os.PathLike, sidecar: Dict[str, Any]) -> Path:
+    """The tokenizer file the sidecar names, resolved beside the ONNX file."""
+    return Path(onnx_path).parent / sidecar["tokenizer"]
+
+
+def write_onnx_sidecar(onnx_path: str | os.PathLike, data: Dict[str, Any]) -> Path:
+    """Validate ``data`` and write it atomically beside ``onnx_path``; returns the sidecar path.
+
+    ``format`` and ``version`` are filled in when missing, so writers only supply content.
+    """
+    path = sidecar_path(onnx_path)
+    data = {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, **data}
+    validate_onnx_sidecar(data, path)
+    return atomic_write_json(path, data)
+
+
+def load_onnx_sidecar(
+    onnx_path: str | os.PathLike, kind: str | None = None, check_hash: bool = False
+) -> Dict[str, Any]:
+    """Read and validate the sidecar of ``onnx_path``.
+
+    kind: when given, a sidecar of another kind is an error. check_hash: also compare
+    ``onnx_sha256`` with the ONNX file on disk (catches a graph replaced after export).
+    """
+    path = sidecar_path(onnx_path)
+    data = read_json(path, what="ONNX sidecar")
+    validate_onnx_sidecar(data, path)
+    if kind is not None and data["kind"] != kind:
+        raise ToolkitError(
+            f"ONNX sidecar {path} describes a {data['kind']} model; expected a {kind}"
+        )
+    if check_hash:
+        onnx_file = Path(onnx_path)
+        if not onnx_file.is_file():
+            raise ToolkitError(f"ONNX file not found: {onnx_file}")
+        if sha256_file(onnx_file) != data["onnx_sha256"]:
+            raise ToolkitError(
+                f"{onnx_file} does not match its sidecar {path} (onnx_sha256 differs): re-export it"
+            )
+    return data
+
+
+def validate_onnx_sidecar(data: Any, path: str | os.PathLike) -> None:
+    """Raise a one-line ToolkitError naming ``path`` at the first problem found."""
+    if not isinstance(data, dict):
+        raise ToolkitError(f"ONNX sidecar {path}: expected a JSON object")
+    if data.get("format") != SIDECAR_FORMAT:
+        raise ToolkitError(
+            f"ONNX sidecar {path}: format {data.get('format')!r}, expected {SIDECAR_FORMAT!r}"
+        )
+    if data.get("version") != SIDECAR_VERSION:
+        raise ToolkitError(
+            f"ONNX sidecar {path}: version {data.get('version')!r}, expected {SIDECAR_VERSION}"
+        )
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise ToolkitError(f"ONNX sidecar {path}: kind {kind!r}, expected one of {list(KINDS)}")
+    missing = [k for k in COMMON_KEYS + KIND_KEYS[kind] if k not in data]
+    if missing:
+        raise ToolkitError(f"ONNX sidecar {path}: missing keys {missing}")
+    _validate_tensors(data, path)
+    _validate_axes(data, path, KIND_AXES[kind])
+    if kind == "decoder":
+        cache = data["kv_cache"]
+        missing = [k for k in ("layers", "kv_dim", "layout", "dtype") if k not in cache]
+        if missing:
+            raise ToolkitError(f"ONNX sidecar {path}: kv_cache lacks {missing}")
+        if cache["layout"] != "position-major":
+            raise ToolkitError(
+                f"ONNX sidecar {path}: kv_cache layout {cache['layout']!r}, "
+                "expected 'position-major'"
+            )
+
+
+def _validate_tensors(data: Dict[str, Any], path) -> None:
+    for key in ("inputs", "outputs"):
+        tensors = data[key]
+        if not isinstance(tensors, list) or not tensors:
+            raise ToolkitError(f"ONNX sidecar {path}: {key} must be a non-empty list")
+        for t in tensors:
+            if not isinstance(t, dict) or not {"name", "dtype", "shape"} <= set(t):
+                raise ToolkitError(f"ONNX sidecar {path}: each of {key} needs name, dtype, shape")
+
+
+def _validate_axes(data: Dict[str, Any], path, required: Tuple[str, ...]) -> None:
+    axes = data["dynamic_axes"]
+    if not isinstance(axes, dict):
+        raise ToolkitError(f"ONNX sidecar {path}: dynamic_axes must be an object")
+    for name in required:
+        if name not in axes:
+            raise ToolkitError(f"ONNX sidecar {path}: dynamic_axes lacks {name!r}")
+        lo, hi = axes[name].get("min"), axes[name].get("max")
+        if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi):
+            raise ToolkitError(
+                f"ONNX sidecar {path}: dynamic_axes[{name!r}] = {axes[name]}, "
+                "expected 0 <= min <= max"
+            )
+
+
+def axis_range(sidecar: Dict[str, Any], axis: str) -> Tuple[int, int]:
+    """(min, max) of a named dynamic axis, e.g. ``axis_range(sc, "batch") -> (1, 64)``."""
+    axes = sidecar.get("dynamic_axes", {})
+    if axis not in axes:
+        raise ToolkitError(f"ONNX sidecar has no dynamic axis {axis!r}; it has {sorted(axes)}")
+    return int(axes[axis]["min"]), int(axes[axis]["max"])

@@ -1,0 +1,289 @@
+"""Export a training checkpoint to ONNX (opset 17, int32 ids) with its sidecar and tokenizer.
+
+    python -m export.onnx_model --checkpoint checkpoints/imdb/best.pt --output models/imdb.onnx
+
+Traces the wrappers of ``export/wrappers.py`` with the TorchScript exporter (the dynamo exporter
+cannot go below opset 18, and TensorRT 8.5/8.6 parse up to 17), checks the graph's structure,
+simplifies it, checks parity with PyTorch through ONNX Runtime, then writes atomically:
+``models/imdb.onnx``, ``models/imdb.onnx.json`` (sidecar) and ``models/imdb.tokenizer.json``.
+Nothing is written when a check fails.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+if __package__ in (None, ""):  # run by path: python export/onnx_model.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import click
+
+from common.artifacts import load_onnx_sidecar, sidecar_path, write_onnx_sidecar
+from common.errors import ToolkitError, exit_on_toolkit_error
+from common.fileio import atomic_write_bytes, sha256_file
+
+OPSET = 17
+BINARY_LABELS = ["negative", "positive"]
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    output: str | Path,
+    *,
+    max_batch: int = 64,
+    topk: int = 64,
+    simplify: bool = True,
+    check_parity: bool = True,
+    opset: int = OPSET,
+    kind: str | None = None,
+    parity_texts: Sequence[str] | None = None,
+    greedy_tokens: int = 200,
+) -> Path:
+    """Export ``checkpoint`` to ``output`` (.onnx) with sidecar and tokenizer; returns ``output``.
+
+    kind: "classifier" | "decoder" to refuse a checkpoint of the other kind. topk: K of the
+    decoder's top-K outputs (capped at the vocabulary). parity_texts: real texts for the parity
+    check (classifier batch; the decoder's greedy prompt is the first one).
+    """
+    import onnx
+    import torch
+
+    from export.wrappers import count_layernorms, export_wrapper
+    from train.checkpoint import load_checkpoint
+    from train.tokenizer import load_tokenizer, special_ids
+
+    started = time.perf_counter()
+    output = Path(output)
+    if output.suffix != ".onnx":
+        raise ToolkitError(f"--output {output}: expected a path ending in .onnx")
+    if max_batch < 1:
+        raise ToolkitError(f"max_batch={max_batch}: expected a positive integer")
+    ckpt = load_checkpoint(checkpoint, kind=kind)
+    cfg = ckpt.config
+    tokenizer = load_tokenizer(ckpt.tokenizer_path)
+    topk = min(topk, cfg.vocab_size) if cfg.kind == "decoder" else 0
+    wrapper = export_wrapper(ckpt.model, cfg.kind, topk)
+    inputs, outputs = io_spec(cfg, topk)
+    with tempfile.TemporaryDirectory(prefix="onnx-export-") as tmp:
+        traced = Path(tmp) / "traced.onnx"
+        trace_to_onnx(wrapper, traced, opset)
+        model = onnx.load(str(traced))
+        simplifier, note = "none", ""
+        if simplify:
+            from export.simplify import simplify_model
+
+            model, simplifier, note = simplify_model(model)
+        stamp_io_shapes(model, inputs, outputs)
+        check_graph(model, inputs, outputs, count_layernorms(ckpt.model), opset, output)
+        final = Path(tmp) / "model.onnx"
+        onnx.save(model, str(final))
+        export_seconds = time.perf_counter() - started
+        parity = None
+        if check_parity:
+            parity = run_parity(ckpt.model, final, cfg, max_batch, tokenizer, parity_texts,
+                                greedy_tokens)
+        from export.preflight import preflight_report
+
+        preflight = preflight_report(final)
+        onnx_bytes = final.read_bytes()
+    tokenizer_file = output.with_name(output.stem + ".tokenizer.json")
+    sidecar = {
+        "kind": cfg.kind, "opset": opset, "inputs": inputs, "outputs": outputs,
+        "dynamic_axes": axis_ranges(cfg, max_batch),
+        "vocab_size": cfg.vocab_size, "max_seq_len": cfg.max_seq_len,
+        "special_tokens": special_ids(tokenizer), "tokenizer": tokenizer_file.name,
+        "model_config": ckpt.state["model_config"], "checkpoint": str(ckpt.path),
+        "checkpoint_sha256": ckpt.sha256(), "tokenizer_sha256": sha256_file(ckpt.tokenizer_path),
+        "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+        "simplifier": simplifier, "simplifier_note": note, "export_seconds": export_seconds,
+        "torch_version": torch.__version__, "onnx_version": onnx.__version__,
+        "parity": parity, "preflight": preflight,
+        **kind_fields(cfg, ckpt.state, topk),
+    }
+    atomic_write_bytes(output, onnx_bytes)
+    atomic_write_bytes(tokenizer_file, ckpt.tokenizer_path.read_bytes())
+    write_onnx_sidecar(output, sidecar)
+    return output
+
+
+def io_spec(cfg, topk: int) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """Graph inputs and outputs as CONTRIBUTING.md lists them: [{name, dtype, shape}]."""
+    def t(name, dtype, *shape):
+        return {"name": name, "dtype": dtype, "shape": list(shape)}
+
+    if cfg.kind == "classifier":
+        inputs = [t("input_ids", "int32", "batch", "seq"),
+                  t("attention_mask", "int32", "batch", "seq")]
+        return inputs, [t("logits", "float32", "batch", cfg.num_labels)]
+    layers = range(cfg.n_layers)
+    inputs = [t("input_ids", "int32", "batch", "new"), t("position_ids", "int32", "batch", "new"),
+              t("attention_mask", "int32", "batch", "total")]
+    inputs += [t(f"past_{kv}_{layer}", "float32", "past", "batch", cfg.kv_dim)
+               for layer in layers for kv in ("key", "value")]
+    outputs = [t("logits", "float32", "batch", "new", cfg.vocab_size),
+               t("topk_values", "float32", "batch", topk),
+               t("topk_indices", "int32", "batch", topk)]
+    outputs += [t(f"new_{kv}_{layer}", "float32", "new", "batch", cfg.kv_dim)
+                for layer in layers for kv in ("key", "value")]
+    return inputs, outputs
+
+
+def axis_ranges(cfg, max_batch: int) -> Dict[str, Dict[str, int]]:
+    n = cfg.max_seq_len
+    if cfg.kind == "classifier":
+        return {"batch": {"min": 1, "max": max_batch}, "seq": {"min": 1, "max": n}}
+    return {"batch": {"min": 1, "max": max_batch}, "new": {"min": 1, "max": n},
+            "past": {"min": 0, "max": n - 1}, "total": {"min": 1, "max": n}}
+
+
+def kind_fields(cfg, state: Dict[str, Any], topk: int) -> Dict[str, Any]:
+    if cfg.kind == "decoder":
+        return {"topk": topk, "kv_cache": {"layers": cfg.n_layers, "kv_dim": cfg.kv_dim,
+                                           "layout": "position-major", "dtype": "float32"}}
+    labels = state.get("labels") or (state.get("train_config") or {}).get("labels")
+    if not (isinstance(labels, list) and len(labels) == cfg.num_labels):
+        labels = BINARY_LABELS if cfg.num_labels == 2 else \
+            [f"label_{i}" for i in range(cfg.num_labels)]
+    return {"labels": labels}
+
+
+def trace_to_onnx(wrapper, path: Path, opset: int) -> None:
+    import warnings
+
+    import torch
+
+    # The TorchScript exporter is deprecated, but it is the one that writes opset 17 (DESIGN.md).
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export",
+                                category=DeprecationWarning)
+        torch.onnx.export(
+            wrapper, wrapper.dummy_inputs(), str(path), dynamo=False, opset_version=opset,
+            input_names=wrapper.input_names, output_names=wrapper.output_names,
+            dynamic_axes=wrapper.dynamic_axes(), do_constant_folding=True,
+        )
+
+
+def stamp_io_shapes(model, inputs, outputs) -> None:
+    """Write the spec's axis names and sizes on the graph's I/O (the tracer leaves generated
+    names such as 'Transposenew_key_0_dim_2' on some output dims)."""
+    values = {v.name: v for v in list(model.graph.input) + list(model.graph.output)}
+    for spec in inputs + outputs:
+        dims = values[spec["name"]].type.tensor_type.shape.dim
+        for dim, size in zip(dims, spec["shape"]):
+            if isinstance(size, str):
+                dim.dim_param = size
+            else:
+                dim.dim_value = size
+
+
+def check_graph(model, inputs, outputs, n_layernorms: int, opset: int, where: Path) -> None:
+    """The structure CONTRIBUTING.md promises, or a ToolkitError naming what differs."""
+    import onnx
+    from onnx import helper
+
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ToolkitError(f"{where}: the exported graph fails onnx.checker ({first})") from None
+    got_opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if got_opset != opset:
+        raise ToolkitError(f"{where}: exported opset {got_opset}, expected {opset}")
+    for kind, spec, values in (("input", inputs, model.graph.input),
+                               ("output", outputs, model.graph.output)):
+        got = [(v.name, helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                len(v.type.tensor_type.shape.dim)) for v in values]
+        want = [(s["name"], s["dtype"], len(s["shape"])) for s in spec]
+        if got != want:
+            raise ToolkitError(f"{where}: graph {kind}s {got}, expected {want}")
+    found = sum(node.op_type == "LayerNormalization" for node in model.graph.node)
+    if found != n_layernorms:
+        raise ToolkitError(f"{where}: {found} LayerNormalization nodes for {n_layernorms} "
+                           "nn.LayerNorm modules (LayerNorm decomposed or lost)")
+
+
+def run_parity(model, onnx_path, cfg, max_batch, tokenizer, texts, greedy_tokens):
+    from export.parity import DEFAULT_BATCHES, check_classifier_parity, check_decoder_parity
+
+    batches = sorted({min(b, max_batch) for b in DEFAULT_BATCHES})
+    if cfg.kind == "classifier":
+        return check_classifier_parity(model, onnx_path, batches=batches, texts=texts,
+                                       tokenizer=tokenizer)
+    prompt = tokenizer.encode(texts[0]).ids[: cfg.max_seq_len // 2] if texts else None
+    return check_decoder_parity(model, onnx_path, batches=batches, prompt_ids=prompt or None,
+                                greedy_tokens=greedy_tokens)
+
+
+def describe_export(output: Path) -> str:
+    """What was written, with sizes, times, parity figures and the pre-flight report."""
+    from export.preflight import format_preflight
+
+    sidecar = load_onnx_sidecar(output)
+    tokenizer = output.parent / sidecar["tokenizer"]
+    lines = [f"wrote {p} ({p.stat().st_size / 1e6:.2f} MB)"
+             for p in (output, sidecar_path(output), tokenizer)]
+    lines.append(f"{sidecar['kind']}, opset {sidecar['opset']}, exported in "
+                 f"{sidecar['export_seconds']:.1f} s, simplifier: {sidecar['simplifier']}")
+    if sidecar["simplifier_note"]:
+        lines.append(f"note: {sidecar['simplifier_note']}")
+    lines += _describe_parity(sidecar["parity"])
+    lines += ["pre-flight:", format_preflight(sidecar["preflight"])]
+    return "\n".join(lines)
+
+
+def _describe_parity(parity: Dict[str, Any] | None) -> List[str]:
+    if parity is None:
+        return ["parity: skipped (--no-parity)"]
+    lines = [f"parity vs PyTorch (tolerance {parity['tolerance']:.0e}): "
+             f"max |diff| {parity['max_abs_diff']:.2e} over {len(parity['cases'])} cases"]
+    for case in parity["cases"]:
+        shape = ", ".join(f"{k} {v}" for k, v in case.items()
+                          if k not in ("max_abs_diff", "source"))
+        lines.append(f"  {case['source']:6s} {shape}: {case['max_abs_diff']:.2e}")
+    greedy = parity.get("greedy")
+    if greedy:
+        lines.append(f"  greedy: {greedy['tokens']} tokens after a {greedy['prompt_tokens']}-token "
+                     f"prompt equal PyTorch's; max |diff| {greedy['max_abs_diff']:.2e}")
+    return lines
+
+
+def read_texts(path: Path | None) -> List[str] | None:
+    if path is None:
+        return None
+    texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise ToolkitError(f"--parity-texts {path}: expected one text per line, found none")
+    return texts
+
+
+@click.command()
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="Training checkpoint (.pt); tokenizer.json must be beside it.")
+@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="ONNX file to write, e.g. models/imdb.onnx.")
+@click.option("--kind", type=click.Choice(["classifier", "decoder"]), default=None,
+              help="Refuse a checkpoint of the other kind.")
+@click.option("--max-batch", default=64, show_default=True, help="Largest batch in the sidecar.")
+@click.option("--topk", default=64, show_default=True, help="K of the decoder's top-K outputs.")
+@click.option("--no-simplify", is_flag=True, help="Keep the graph as traced (no onnxsim).")
+@click.option("--no-parity", is_flag=True, help="Skip the ONNX Runtime vs PyTorch check.")
+@click.option("--parity-texts", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Text file, one text a line, for the parity check on real tokens.")
+@click.option("--greedy-tokens", default=200, show_default=True,
+              help="Decoder: greedy tokens compared with PyTorch (up to the context).")
+@exit_on_toolkit_error
+def main(checkpoint, output, kind, max_batch, topk, no_simplify, no_parity, parity_texts,
+         greedy_tokens) -> None:
+    """Export CHECKPOINT to ONNX with its sidecar and tokenizer."""
+    export_checkpoint(checkpoint, output, max_batch=max_batch, topk=topk,
+                      simplify=not no_simplify, check_parity=not no_parity, kind=kind,
+                      parity_texts=read_texts(parity_texts), greedy_tokens=greedy_tokens)
+    click.echo(describe_export(output))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Pre-flight report of an ONNX graph, before it goes to TensorRT on the device.
+
+Reads only the ONNX file (no checkpoint, no torch), so it also checks a graph that came from
+somewhere else: ``python -m export.preflight models/imdb.onnx``. It lists what tends to go wrong
+on Jetson: an opset TensorRT 8.5/8.6 cannot parse, LayerNorm decomposed into
+ReduceMean/Pow/Sqrt (x**2 overflows FP16), float constants beyond the FP16 range (65504), and
+the operators DLA cannot run (those layers fall back to the GPU).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, List
+
+if __package__ in (None, ""):  # run by path: python export/preflight.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import click
+
+from common.errors import ToolkitError, exit_on_toolkit_error
+
+FP16_MAX = 65504.0
+MAX_TENSORRT_OPSET = 17  # TensorRT 8.5/8.6 on JetPack 5/6.0 parse up to opset 17
+
+# ONNX ops that map to TensorRT layers DLA can run (Jetson Orin, TensorRT 8.5-10.x), from
+# "DLA Supported Layers and Restrictions" in the TensorRT docs. Each still has shape limits
+# (4-D tensors, FC only with constant weights, Softmax on one axis, Reduce max only...), so
+# this list says "may run on DLA", never "will". Everything else falls back to the GPU.
+DLA_ALLOWED_OPS = frozenset({
+    "Conv", "ConvTranspose", "Gemm", "MatMul",  # MatMul/Gemm only as FC with constant weights
+    "Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "Clip",
+    "Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Equal", "Greater", "Less",
+    "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LRN",
+    "BatchNormalization", "Concat", "Slice", "Reshape", "Transpose", "Flatten",
+    "Squeeze", "Unsqueeze", "Resize", "Softmax", "ReduceMax", "Abs",
+})
+# Ops TensorRT resolves at build time (shape arithmetic, constants); they never run as layers.
+BUILD_TIME_OPS = frozenset({"Constant", "Shape", "Identity"})
+
+
+def load_onnx(path: str | os.PathLike):
+    """Load an ONNX file with a one-line ToolkitError when it is missing or not ONNX."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"ONNX file not found: {path}")
+    try:
+        return onnx.load(str(path))
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ToolkitError(f"{path} is not a readable ONNX model ({first})") from None
+
+
+def preflight_report(onnx_path: str | os.PathLike) -> Dict[str, Any]:
+    """The report as a JSON-ready dict (stored in the sidecar under ``preflight``)."""
+    model = load_onnx(onnx_path)
+    graph = model.graph
+    histogram = Counter(node.op_type for node in graph.node)
+    dla_fallback = {op: n for op, n in sorted(histogram.items())
+                    if op not in DLA_ALLOWED_OPS and op not in BUILD_TIME_OPS}
+    inputs = [_tensor_info(v) for v in graph.input]
+    outputs = [_tensor_info(v) for v in graph.output]
+    opset = _default_opset(model)
+    return {
+        "opset": opset,
+        "opset_ok_for_tensorrt_8_5": opset is not None and opset <= MAX_TENSORRT_OPSET,
+        "nodes": len(graph.node),
+        "op_histogram": dict(sorted(histogram.items())),
+        "inputs": inputs,
+        "outputs": outputs,
+        "dynamic_axes": sorted({d for t in inputs + outputs for d in t["shape"]
+                                if isinstance(d, str)}),
+        "layernorm_nodes": histogram.get("LayerNormalization", 0),
+        "fp16_hazards": find_fp16_hazards(model),
+        "dla_fallback_ops": dla_fallback,
+    }
+
+
+def find_fp16_hazards(model) -> List[Dict[str, str]]:
+    """Decomposed LayerNorm, Pow nodes and float constants beyond the FP16 range."""
+    graph = model.graph
+    hazards = [{"kind": "decomposed_layernorm", "node": name,
+                "detail": "ReduceMean -> Sub -> Pow/Mul -> ReduceMean: export at opset 17 "
+                          "so LayerNorm stays one node"}
+               for name in _decomposed_layernorms(graph)]
+    hazards += [{"kind": "pow", "node": n.name or n.output[0],
+                 "detail": "Pow can overflow FP16 (x**2 > 65504 once |x| > 256)"}
+                for n in graph.node if n.op_type == "Pow"]
+    hazards += [{"kind": "large_constant", "node": name,
+                 "detail": f"max |x| = {peak:.4g} > {FP16_MAX:g} (inf in FP16)"}
+                for name, peak in _large_float_constants(graph)]
+    return hazards
+
+
+def _decomposed_layernorms(graph) -> List[str]:
+    """Names of ReduceMean nodes that start a mean/variance LayerNorm pattern."""
+    consumers: Dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    found = []
+    for mean in (n for n in graph.node if n.op_type == "ReduceMean"):
+        x = mean.input[0]
+        centred = [n for n in consumers.get(mean.output[0], [])
+                   if n.op_type == "Sub" and list(n.input) == [x, mean.output[0]]]
+        for sub in centred:
+            squares = [n for n in consumers.get(sub.output[0], [])
+                       if n.op_type == "Pow" or (n.op_type == "Mul" and n.input[0] == n.input[1])]
+            if any(c.op_type == "ReduceMean" for sq in squares
+                   for c in consumers.get(sq.output[0], [])):
+                found.append(mean.name or mean.output[0])
+                break
+    return found
+
+
+def _large_float_constants(graph):
+    """(name, max |x|) of float initializers and Constant/ConstantOfShape values > FP16_MAX."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    tensors = [(t.name, t) for t in graph.initializer]
+    for node in graph.node:
+        if node.op_type in ("Constant", "ConstantOfShape"):
+            tensors += [(node.name or node.output[0], a.t)
+                        for a in node.attribute if a.name == "value"]
+    for name, tensor in tensors:
+        array = numpy_helper.to_array(tensor)
+        if array.size and np.issubdtype(array.dtype, np.floating):
+            peak = float(np.max(np.abs(array.astype(np.float64))))
+            if peak > FP16_MAX:
+                yield name, peak
+
+
+def _default_opset(model):
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def _tensor_info(value) -> Dict[str, Any]:
+    from onnx import helper
+
+    tensor_type = value.type.tensor_type
+    dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
+    shape = [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else "?")
+             for d in tensor_type.shape.dim]
+    return {"name": value.name, "dtype": dtype, "shape": shape}
+
+
+def format_preflight(report: Dict[str, Any]) -> str:
+    """Human-readable lines for the terminal."""
+    opset_note = "ok for TensorRT 8.5+" if report["opset_ok_for_tensorrt_8_5"] else \
+        f"TensorRT 8.5/8.6 parse only up to {MAX_TENSORRT_OPSET}"
+    ops = ", ".join(f"{op} {n}" for op, n in report["op_histogram"].items())
+    lines = [
+        f"opset {report['opset']} ({opset_note}); {report['nodes']} nodes; "
+        f"{report['layernorm_nodes']} LayerNormalization",
+        f"operators: {ops}",
+        "inputs:  " + "; ".join(_fmt_tensor(t) for t in report["inputs"]),
+        "outputs: " + "; ".join(_fmt_tensor(t) for t in report["outputs"]),
+        "dynamic axes: " + (", ".join(report["dynamic_axes"]) or "none")
+        + (" (DLA needs static shapes: build a DLA engine with min = opt = max)"
+           if report["dynamic_axes"] else ""),
+    ]
+    hazards = report["fp16_hazards"]
+    lines.append(f"FP16 hazards: {len(hazards)}" if hazards else "FP16 hazards: none")
+    lines += [f"  - {h['kind']}: {h['node']}: {h['detail']}" for h in hazards]
+    fallback = report["dla_fallback_ops"]
+    lines.append("DLA: ops that fall back to the GPU: "
+                 + (", ".join(f"{op} x{n}" for op, n in fallback.items()) or "none"))
+    return "\n".join(lines)
+
+
+def _fmt_tensor(t: Dict[str, Any]) -> str:
+    return f"{t['name']} {t['dtype']} [{', '.join(str(d) for d in t['shape'])}]"
+
+
+@click.command()
+@click.argument("onnx_path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@exit_on_toolkit_error
+def main(onnx_path: Path, as_json: bool) -> None:
+    """Print the pre-flight report of ONNX_PATH (opset, ops, FP16 hazards, DLA fallback)."""
+    report = preflight_report(onnx_path)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(report, indent=2))
+    else:
+        click.echo(format_preflight(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Graph simplification on the host: onnxsim first, onnxslim when onnxsim fails or is missing.
+
+onnxsim folds the Shape/Gather/Concat chains the TorchScript exporter leaves around every
+reshape, which makes the graph smaller for TensorRT's parser and easier to read. It has no
+Jetson wheel, so this runs before the ONNX file is copied to the device. Which tool ran is
+returned so the sidecar records it: a fallback is reported, never silent.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+from common.errors import ToolkitError
+
+SIMPLIFIERS = ("onnxsim", "onnxslim", "none")
+
+
+def simplify_model(model) -> Tuple[object, str, str]:
+    """Simplify an ``onnx.ModelProto`` keeping its dynamic axes.
+
+    Returns (model, simplifier, note): simplifier is "onnxsim" or "onnxslim"; note is "" or why
+    onnxsim was not used. Raises ToolkitError when neither tool can simplify the graph.
+    """
+    try:
+        return _with_onnxsim(model), "onnxsim", ""
+    except ImportError:
+        note = "onnxsim is not installed; simplified with onnxslim instead"
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        note = f"onnxsim failed ({_first_line(exc)}); simplified with onnxslim instead"
+    try:
+        return _with_onnxslim(model), "onnxslim", note
+    except ImportError:
+        raise ToolkitError(f"{note.split(';')[0]} and onnxslim is not installed either: "
+                           "install one (pip install onnxsim onnxslim) or pass --no-simplify"
+                           ) from None
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        raise ToolkitError(f"{note.split(';')[0]}; onnxslim failed too ({_first_line(exc)}): "
+                           "pass --no-simplify to export the graph as traced") from None
+
+
+def _with_onnxsim(model):
+    import onnxsim
+
+    # check_n=0: onnxsim's own check feeds random ints, which are out of range for Gather on
+    # token ids; export/parity.py checks the result against PyTorch instead.
+    simplified, ok = onnxsim.simplify(model, check_n=0)
+    if not ok:
+        raise RuntimeError("onnxsim reported the simplified model as invalid")
+    return simplified
+
+
+def _with_onnxslim(model):
+    import onnxslim
+
+    return onnxslim.slim(model)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,147 @@
+"""The decoder's KV cache: allocated once for the whole context, position-major, as in llama2.c.
+
+One block per layer and per K/V in a session arena::
+
+    k_cache_l  # (max_seq, batch, kv_dim) fp32, position-major, at base_l
+    v_cache_l  # (max_seq, batch, kv_dim) fp32, position-major
+
+Each block starts on a 256-byte boundary and is sized for the largest batch; a request with a
+smaller batch lays its blocks out with that batch, so positions stay contiguous. The slot of
+position ``p`` is ``base_l + p * batch * kv_dim * itemsize``: a step with ``past`` cached and
+``new`` fresh positions binds ``past_key_l`` to the prefix ``[0:past]`` and ``new_key_l`` to the
+slot range ``[past:past+new]``, so the graph appends in place. Nothing is copied or allocated per
+token.
+
+TensorRT's ``set_tensor_address`` needs 256-byte aligned addresses, so on TensorRT the slot
+stride ``batch * kv_dim * itemsize`` must be a multiple of 256 (``aligned_slots=True``; a layout
+that breaks it is refused with the nearest aligned choice). ONNX Runtime on the CPU reads and
+writes unaligned float buffers correctly, so the ORT backend runs with ``aligned_slots=False``,
+which the tiny test models (kv_dim 32, batch 1: a 128-byte stride) rely on.
+"""
+from __future__ import annotations
+
+from math import gcd
+from typing import Dict, Tuple
+
+import numpy as np
+
+from common.errors import ToolkitError
+from runtime.buffers import ALIGNMENT, Binding, align
+
+KINDS = ("key", "value")
+
+
+def kv_block_nbytes(max_seq: int, max_batch: int, kv_dim: int, itemsize: int) -> int:
+    """Bytes of one layer's K (or V) block, rounded up so the next block starts aligned."""
+    return align(max_seq * max_batch * kv_dim * itemsize)
+
+
+def kv_cache_nbytes(layers: int, max_seq: int, max_batch: int, kv_dim: int,
+                    dtype: np.dtype = np.float32) -> int:
+    """Arena bytes for the whole cache: 2 blocks (K, V) per layer."""
+    return 2 * layers * kv_block_nbytes(max_seq, max_batch, kv_dim, np.dtype(dtype).itemsize)
+
+
+def check_slot_stride(batch: int, kv_dim: int, dtype: np.dtype) -> None:
+    """Refuse a (batch, kv_dim, dtype) whose per-position stride is not 256-byte aligned."""
+    itemsize = np.dtype(dtype).itemsize
+    stride = batch * kv_dim * itemsize
+    if stride % ALIGNMENT == 0:
+        return
+    kv_step = ALIGNMENT // gcd(ALIGNMENT, batch * itemsize)
+    batch_step = ALIGNMENT // gcd(ALIGNMENT, kv_dim * itemsize)
+    raise ToolkitError(
+        f"KV cache slot stride batch*kv_dim*itemsize = {batch}*{kv_dim}*{itemsize} = {stride} "
+        f"bytes (dtype {np.dtype(dtype).name}) is not a multiple of {ALIGNMENT}, which TensorRT "
+        f"needs for tensor addresses: use kv_dim {align(kv_dim, kv_step)} or batch "
+        f"{align(batch, batch_step)}"
+    )
+
+
+class KVCache:
+    """Per-layer K/V blocks in ``arena`` from byte ``offset``; ``reset(batch)`` before a request."""
+
+    def __init__(self, arena, offset: int, layers: int, max_seq: int, max_batch: int,
+                 kv_dim: int, dtype: np.dtype = np.float32, aligned_slots: bool = True):
+        self.arena = arena
+        self.layers = layers
+        self.max_seq = max_seq
+        self.max_batch = max_batch
+        self.kv_dim = kv_dim
+        self.dtype = np.dtype(dtype)
+        self.aligned_slots = aligned_slots
+        self.block_nbytes = kv_block_nbytes(max_seq, max_batch, kv_dim, self.dtype.itemsize)
+        if offset % ALIGNMENT or (aligned_slots and (int(arena.ptr) + offset) % ALIGNMENT):
+            raise ToolkitError(
+                f"KV cache offset {offset} (device address {int(arena.ptr) + offset:#x}) is not "
+                f"a multiple of {ALIGNMENT}"
+            )
+        if offset + self.nbytes > arena.nbytes:
+            raise ToolkitError(
+                f"KV cache needs {self.nbytes} bytes from offset {offset}; the arena holds "
+                f"{arena.nbytes}"
+            )
+        # base[(layer, kind)]: byte offset of that block in the arena, 256-aligned
+        self.base: Dict[Tuple[int, str], int] = {}
+        for layer in range(layers):
+            for k, kind in enumerate(KINDS):
+                self.base[(layer, kind)] = offset + (2 * layer + k) * self.block_nbytes
+        self.batch = 0
+        self.slot_nbytes = 0
+        self.reset(max_batch)
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.layers * self.block_nbytes
+
+    def reset(self, batch: int) -> None:
+        """Lay the blocks out for ``batch`` rows (the cache content becomes meaningless)."""
+        if not 1 <= batch <= self.max_batch:
+            raise ToolkitError(f"batch {batch}: the KV cache was sized for 1..{self.max_batch}")
+        if self.aligned_slots:
+            check_slot_stride(batch, self.kv_dim, self.dtype)
+        self.batch = batch
+        self.slot_nbytes = batch * self.kv_dim * self.dtype.itemsize
+
+    def slot_offset(self, layer: int, kind: str, position: int) -> int:
+        """Byte offset in the arena of position ``position`` of one block."""
+        return self.base[(layer, kind)] + position * self.slot_nbytes
+
+    def block(self, layer: int, kind: str) -> np.ndarray:
+        """Host view of one block: (max_seq, batch, kv_dim), position-major."""
+        start = self.base[(layer, kind)]
+        count = self.max_seq * self.batch * self.kv_dim
+        flat = self.arena.host[start:start + count * self.dtype.itemsize].view(self.dtype)
+        return flat.reshape(self.max_seq, self.batch, self.kv_dim)
+
+    def make_bindings(self) -> Dict[str, Binding]:
+        """One Binding per cache tensor of the graph, moved in place by ``update_bindings``."""
+        bindings: Dict[str, Binding] = {}
+        for layer in range(self.layers):
+            for kind in KINDS:
+                bindings[f"past_{kind}_{layer}"] = Binding(self.arena, self.base[(layer, kind)],
+                                                           (0, self.batch, self.kv_dim))
+                bindings[f"new_{kind}_{layer}"] = Binding(self.arena, self.base[(layer, kind)],
+                                                          (1, self.batch, self.kv_dim))
+        return bindings
+
+    def update_bindings(self, bindings: Dict[str, Binding], past: int, new: int) -> None:
+        """Point the bindings at one step: ``past_{kind}_l`` = positions [0:past] (input) and
+        ``new_{kind}_l`` = positions [past:past+new] (output, written in place by the graph).
+
+        Moves the existing objects (no new Binding per token).
+        """
+        if past < 0 or new < 1 or past + new > self.max_seq:
+            raise ToolkitError(
+                f"KV step past={past}, new={new}: positions must fit in max_seq={self.max_seq}"
+            )
+        past_shape = (past, self.batch, self.kv_dim)
+        new_shape = (new, self.batch, self.kv_dim)
+        for layer in range(self.layers):
+            for kind in KINDS:
+                base = self.base[(layer, kind)]
+                past_binding = bindings[f"past_{kind}_{layer}"]
+                past_binding.offset, past_binding.shape = base, past_shape
+                new_binding = bindings[f"new_{kind}_{layer}"]
+                new_binding.offset = base + past * self.slot_nbytes
+                new_binding.shape = new_shape

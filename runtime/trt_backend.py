@@ -1,0 +1,286 @@
+"""TensorRT backend of the runtime session: a deserialized plan run on pycuda buffers.
+
+Named-tensor API only (TensorRT 8.5 through 10.x/11): ``num_io_tensors``,
+``get_tensor_name/mode/dtype/shape``, ``get_tensor_profile_shape``, ``set_input_shape``,
+``set_tensor_address``, ``infer_shapes``, ``execute_async_v3``; no bindings API, no execute_v2.
+Every boolean TensorRT returns is checked and becomes a one-line ``ToolkitError``.
+
+Opening a plan, in order: ``import tensorrt`` and pycuda (a missing one is a ToolkitError, not an
+ImportError); ``engines.manifest.check_plan_file`` (plan present, manifest present, size and
+sha256 as built) and ``check_compatible`` with this TensorRT version and this GPU; only then
+``deserialize_cuda_engine`` (None is a ToolkitError). A plan from another TensorRT release or
+GPU, or a corrupt one, is refused with one line instead of failing inside deserialization.
+
+CUDA: the device's primary context (``pycuda.autoprimaryctx``, the one TensorRT uses), one
+non-default stream per session for copies and execution, page-locked host memory
+(``runtime.buffers.CudaArena``).
+
+Profiles: ONE execution context per optimization profile, each set to its profile once with
+``set_optimization_profile_async`` when the session opens. Switching between prefill and
+decode is then free (no re-selection, no re-setting of shapes per switch); the price is one
+activation-memory block per profile, small for these compact models.
+
+Per run: input shapes are set only when they changed since the last run on that context;
+after a change ``infer_shapes`` runs (an empty list means every shape is known; it replaces
+8.5's ``all_binding_shapes_specified`` / 10's ``all_input_dimensions_specified`` checks) and
+every output binding's shape must equal ``context.get_tensor_shape``. Addresses are set only
+when they changed; all are 256-byte aligned (checked by ``Session.check_bindings``).
+
+Timings: CUDA events on the stream bracket the first upload after a run, the execution and the
+last download; ``synchronize()`` turns them into ``last_timings`` = ``{"h2d_ms", "compute_ms",
+"d2h_ms"}`` (h2d spans from the first upload to the start of execution, so host-side gaps
+between enqueued copies count in it).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+
+from common.errors import ToolkitError
+from runtime.buffers import CudaArena
+from runtime.session import Binding, ProfileShapes, Session, Shape, TensorSpec
+
+# TensorRT DataType attribute -> numpy dtype; attributes absent from older releases are skipped.
+_TRT_TO_NUMPY = (
+    ("float32", np.float32), ("float16", np.float16), ("int8", np.int8), ("int32", np.int32),
+    ("bool", np.bool_), ("uint8", np.uint8), ("int64", np.int64),
+)
+
+_LOGGER = None  # TensorRT wants one logger per process
+
+
+def _import_tensorrt(path: Path):
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise ToolkitError(
+            f"cannot run engine {path}: TensorRT is not installed ({exc}); run the .onnx with "
+            "ONNX Runtime here, or run the engine on the device it was built on"
+        ) from None
+    return trt
+
+
+def _import_pycuda(path: Path):
+    try:
+        import pycuda.autoprimaryctx  # noqa: F401  (retain + push the primary context)
+        import pycuda.driver as cuda
+    except ImportError as exc:
+        raise ToolkitError(
+            f"cannot run engine {path}: pycuda is missing ({exc}); pip install pycuda"
+        ) from None
+    return cuda
+
+
+def numpy_dtype(trt, trt_dtype, name: str) -> np.dtype:
+    """numpy dtype of a TensorRT tensor; bf16/fp8/int4 (no numpy type) are refused."""
+    for attr, np_type in _TRT_TO_NUMPY:
+        if hasattr(trt, attr) and trt_dtype == getattr(trt, attr):
+            return np.dtype(np_type)
+    raise ToolkitError(f"tensor {name!r} has TensorRT type {trt_dtype}, which numpy cannot hold")
+
+
+class TrtSession(Session):
+    backend = "tensorrt"
+    address_alignment = 256  # set_tensor_address requires it
+
+    def __init__(self, path: Path):
+        from engines.manifest import check_compatible, check_plan_file
+
+        path = Path(path)
+        trt = _import_tensorrt(path)
+        cuda = _import_pycuda(path)
+        self.manifest = check_plan_file(path)
+        device = cuda.Context.get_device()
+        major, minor = device.compute_capability()
+        check_compatible(self.manifest, str(trt.__version__), device.name(), f"{major}.{minor}")
+        self._runtime, self._engine = _deserialize(trt, path)  # the runtime outlives the engine
+        self._stream = cuda.Stream()
+        inputs, outputs = _io_specs(trt, self._engine, path)
+        profiles = [_engine_profile(self._engine, inputs, index)
+                    for index in range(self._engine.num_optimization_profiles)]
+        super().__init__(path, inputs, outputs, profiles)
+        self._io_names = tuple(inputs) + tuple(outputs)
+        self._contexts = [self._context_for(index) for index in range(len(profiles))]
+        # Per context: input name -> shape, output name -> inferred shape, name -> address, as
+        # last given to (or computed by) TensorRT.
+        self._shapes: List[Dict[str, Shape]] = [{} for _ in profiles]
+        self._output_shapes: List[Dict[str, Shape]] = [{} for _ in profiles]
+        self._addresses: List[Dict[str, int]] = [{} for _ in profiles]
+        self._timer = _StreamTimer(cuda, self._stream, self.last_timings)
+
+    def _context_for(self, profile: int):
+        context = self._engine.create_execution_context()
+        if context is None:
+            raise ToolkitError(
+                f"TensorRT could not create an execution context for {self.path} (out of memory?)"
+            )
+        if not context.set_optimization_profile_async(profile, self._stream.handle):
+            raise ToolkitError(f"TensorRT refused optimization profile {profile} of {self.path}")
+        self._stream.synchronize()
+        return context
+
+    def allocate(self, nbytes: int):
+        return CudaArena(nbytes, self._stream, timer=self._timer)
+
+    def run(self, bindings: Mapping[str, Binding], profile: int = 0) -> None:
+        self.check_bindings(bindings, profile)
+        context = self._contexts[profile]
+        self._set_input_shapes(context, bindings, profile)
+        self._check_output_shapes(bindings, profile)
+        addresses = self._addresses[profile]
+        for name in self._io_names:
+            address = bindings[name].arena.ptr + bindings[name].offset
+            if addresses.get(name) != address:
+                if not context.set_tensor_address(name, address):
+                    raise ToolkitError(f"TensorRT refused the address {address:#x} for {name!r}")
+                addresses[name] = address
+        self._timer.begin_compute()
+        if not context.execute_async_v3(self._stream.handle):
+            raise ToolkitError(f"TensorRT execute_async_v3 failed for {self.path} (see its log)")
+        self._timer.end_compute()
+
+    def _set_input_shapes(self, context, bindings: Mapping[str, Binding], profile: int) -> None:
+        """Give TensorRT the input shapes that changed, then refresh the output shapes."""
+        shapes = self._shapes[profile]
+        changed = False
+        for name in self.inputs:
+            shape = bindings[name].shape
+            if shapes.get(name) != shape:
+                if not context.set_input_shape(name, shape):
+                    raise ToolkitError(
+                        f"TensorRT refused shape {shape} for input {name!r} (profile {profile})"
+                    )
+                shapes[name] = shape
+                changed = True
+        if changed:
+            self._infer_output_shapes(context, profile)
+
+    def _infer_output_shapes(self, context, profile: int) -> None:
+        try:
+            unresolved = context.infer_shapes()
+        except RuntimeError as exc:  # raised by the bindings when inference hits an error
+            raise ToolkitError(f"TensorRT shape inference failed for {self.path}: {exc}") \
+                from None
+        if unresolved:
+            raise ToolkitError(f"TensorRT could not infer the shapes of {list(unresolved)}")
+        for name in self.outputs:
+            self._output_shapes[profile][name] = tuple(context.get_tensor_shape(name))
+
+    def _check_output_shapes(self, bindings: Mapping[str, Binding], profile: int) -> None:
+        expected_shapes = self._output_shapes[profile]
+        for name in self.outputs:
+            expected = expected_shapes[name]
+            if bindings[name].shape != expected:
+                raise ToolkitError(
+                    f"output {name!r} of {self.path.name} is bound with shape "
+                    f"{bindings[name].shape}; these inputs give {expected}"
+                )
+
+    def output_shapes(self, input_shapes: Mapping[str, Sequence[int]],
+                      profile: int = 0) -> Dict[str, Shape]:
+        self._check_profile_index(profile)
+        context = self._contexts[profile]
+        for name in self.inputs:
+            if name not in input_shapes:
+                raise ToolkitError(f"no shape given for input {name!r}")
+            self.check_shape(name, input_shapes[name], profile)
+            shape = tuple(int(d) for d in input_shapes[name])
+            if not context.set_input_shape(name, shape):
+                raise ToolkitError(f"TensorRT refused shape {shape} for input {name!r}")
+            self._shapes[profile][name] = shape
+        self._infer_output_shapes(context, profile)
+        return dict(self._output_shapes[profile])
+
+    def synchronize(self) -> None:
+        self._stream.synchronize()
+        self._timer.collect()
+
+    def close(self) -> None:
+        """Contexts before the engine before the runtime, as TensorRT requires."""
+        if getattr(self, "_contexts", None):
+            self._stream.synchronize()
+        self._contexts = []
+        self._engine = None
+        self._runtime = None
+
+
+def _deserialize(trt, path: Path):
+    global _LOGGER
+    if _LOGGER is None:
+        _LOGGER = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(_LOGGER)
+    engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        raise ToolkitError(
+            f"TensorRT {trt.__version__} could not deserialize {path} (see its log above): "
+            "rebuild it with make engine on this device"
+        )
+    return runtime, engine
+
+
+def _io_specs(trt, engine, path: Path) -> Tuple[Dict[str, TensorSpec], Dict[str, TensorSpec]]:
+    inputs, outputs = {}, {}
+    for index in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(index)
+        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+        if is_input and getattr(engine, "is_shape_inference_io", lambda _: False)(name):
+            raise ToolkitError(f"engine {path}: input {name!r} is a shape tensor (unsupported)")
+        spec = TensorSpec(name, numpy_dtype(trt, engine.get_tensor_dtype(name), name),
+                          tuple(engine.get_tensor_shape(name)), is_input)
+        (inputs if is_input else outputs)[name] = spec
+    return inputs, outputs
+
+
+def _engine_profile(engine, inputs: Mapping[str, TensorSpec], index: int) -> ProfileShapes:
+    profile = {}
+    for name in inputs:
+        low, opt, high = engine.get_tensor_profile_shape(name, index)
+        profile[name] = (tuple(low), tuple(opt), tuple(high))
+    return profile
+
+
+class _StreamTimer:
+    """CUDA events around the copies and the execution of the last run on one stream."""
+
+    def __init__(self, cuda, stream, timings: Dict[str, float]):
+        self._stream = stream
+        self._timings = timings  # the session's last_timings, updated in place
+        self._h2d_start, self._compute_start, self._compute_end, self._d2h_end = (
+            cuda.Event() for _ in range(4))
+        self._uploading = False  # an upload was queued since the last run
+        self._run_had_upload = False
+        self._downloaded = False
+        self._pending = False  # a run whose events are not collected yet
+
+    def before_upload(self) -> None:
+        if not self._uploading:
+            self._h2d_start.record(self._stream)
+            self._uploading = True
+
+    def begin_compute(self) -> None:
+        self._compute_start.record(self._stream)
+
+    def end_compute(self) -> None:
+        self._compute_end.record(self._stream)
+        self._run_had_upload, self._uploading = self._uploading, False
+        self._downloaded = False
+        self._pending = True
+
+    def after_download(self) -> None:
+        if self._pending:
+            self._d2h_end.record(self._stream)
+            self._downloaded = True
+
+    def collect(self) -> None:
+        """After the stream is synchronized: event times -> milliseconds."""
+        if not self._pending:
+            return
+        timings = self._timings
+        timings["h2d_ms"] = (self._compute_start.time_since(self._h2d_start)
+                             if self._run_had_upload else 0.0)
+        timings["compute_ms"] = self._compute_end.time_since(self._compute_start)
+        timings["d2h_ms"] = (self._d2h_end.time_since(self._compute_end)
+                             if self._downloaded else 0.0)
+        self._pending = False

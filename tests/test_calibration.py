@@ -1,0 +1,384 @@
+"""Calibration: the .calib.npz set and its loader, explicit Q/DQ INT8, the accuracy gate, FP16."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from calibration.loader import CalibrationSet, save_calibration_set
+from common.artifacts import load_onnx_sidecar, sidecar_path
+from common.errors import EXIT_USER_ERROR, ToolkitError
+from common.fileio import sha256_file
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime.quantization")
+
+WORDS = ("the cat dog ran sat on mat happy sad good bad film story was very not a and "
+         "great awful loved hated little girl boy tree sun played").split()
+# Test-split reviews use upper-case words only: the tokenizer (trained on lower-case text)
+# splits them into byte tokens that no train-split text produces.
+TEST_WORDS = "ZEBRA QUANTUM VELVET JUKEBOX".split()
+PROFILE_MAX = 64  # seq / new axis maximum of the conftest ONNX fixtures
+KV_DIM, LAYERS = 32, 2
+
+
+def _text(rng: random.Random, words, lo: int, hi: int) -> str:
+    return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A DATA_DIR in the layout of the shared copies: imdb/*.jsonl and tinystories/*.txt."""
+    root = tmp_path_factory.mktemp("data")
+    rng = random.Random(0)
+    (root / "imdb").mkdir()
+    (root / "tinystories").mkdir()
+    for split, n, words in (("train", 300, WORDS), ("test", 60, TEST_WORDS)):
+        lines = [json.dumps({"text": _text(rng, words, 3, 120), "label": rng.randint(0, 1)})
+                 for _ in range(n)]
+        (root / "imdb" / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    for split, n in (("train", 200), ("valid", 40)):
+        stories = [_text(rng, WORDS, 10, 60) for _ in range(n)]
+        (root / "tinystories" / f"{split}.txt").write_text(
+            "".join(f"{s}\n<|endoftext|>\n" for s in stories))
+    return root
+
+
+@pytest.fixture(scope="module")
+def classifier_calib(tiny_classifier_onnx, data_dir, tmp_path_factory):
+    from calibration.dataset import build_calibration_set
+
+    out = tmp_path_factory.mktemp("calib") / "tiny_classifier.calib.npz"
+    return build_calibration_set(tiny_classifier_onnx, str(data_dir), out, batches=6, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def decoder_calib(tiny_decoder_onnx, data_dir, tmp_path_factory):
+    from calibration.dataset import build_calibration_set
+
+    out = tmp_path_factory.mktemp("calib") / "tiny_decoder.calib.npz"
+    return build_calibration_set(tiny_decoder_onnx, str(data_dir), out, batches=4, batch_size=3)
+
+
+@pytest.fixture(scope="module")
+def classifier_qdq(tiny_classifier_onnx, classifier_calib):
+    from calibration.qdq import quantize_to_qdq
+
+    out = tiny_classifier_onnx.parent / "tiny_classifier.qdq.onnx"
+    quantize_to_qdq(tiny_classifier_onnx, classifier_calib, out, method="entropy")
+    return out
+
+
+@pytest.fixture(scope="module")
+def decoder_qdq(tiny_decoder_onnx, decoder_calib):
+    from calibration.qdq import quantize_to_qdq
+
+    out = tiny_decoder_onnx.parent / "tiny_decoder.qdq.onnx"
+    quantize_to_qdq(tiny_decoder_onnx, decoder_calib, out, method="minmax")
+    return out
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+# --- the calibration set and its loader --------------------------------------------------------
+
+def _decoder_tokens(batch: int, seq: int) -> dict:
+    mask = np.ones((batch, seq), np.int32)  # (batch, seq)
+    mask[1:, :2] = 0  # left padding
+    return {"input_ids": np.arange(batch * seq, dtype=np.int32).reshape(batch, seq) % 50 + 3,
+            "position_ids": np.maximum(np.cumsum(mask, 1) - 1, 0).astype(np.int32),
+            "attention_mask": mask}
+
+
+def test_calibration_set_round_trip(tmp_path):
+    names = ["input_ids", "position_ids", "attention_mask"] + [
+        f"past_{kv}_{layer}" for layer in range(LAYERS) for kv in ("key", "value")]
+    meta = {"kind": "decoder", "input_names": names, "kv_layers": LAYERS, "kv_dim": KV_DIM,
+            "pad_id": 0, "split": "train"}
+    batches = [_decoder_tokens(2, 5), _decoder_tokens(3, 9)]
+    path = save_calibration_set(tmp_path / "d.calib.npz", batches, meta)
+
+    calib = CalibrationSet(path)
+    assert len(calib) == 2 and calib.kind == "decoder"
+    assert calib.input_names == names
+    assert calib.shapes == [(2, 5), (3, 9)]
+    assert calib.meta["split"] == "train" and calib.meta["batch_shapes"] == [[2, 5], [3, 9]]
+    feeds = list(calib)
+    assert [list(f) for f in feeds] == [names, names]  # every input, in graph order
+    np.testing.assert_array_equal(feeds[1]["input_ids"], batches[1]["input_ids"])
+    assert feeds[1]["attention_mask"].dtype == np.int32
+    assert feeds[1]["past_key_1"].shape == (0, 3, KV_DIM)
+    assert feeds[1]["past_key_1"].dtype == np.float32
+    assert len(list(calib)) == 2  # rewindable: Polygraphy iterates it again on reset()
+
+
+def test_calibration_set_errors(tmp_path):
+    with pytest.raises(ToolkitError, match="calibration set not found"):
+        CalibrationSet(tmp_path / "missing.calib.npz")
+    garbage = tmp_path / "garbage.calib.npz"
+    garbage.write_bytes(b"not a zip file at all")
+    with pytest.raises(ToolkitError, match="not a readable .npz"):
+        CalibrationSet(garbage)
+    no_meta = tmp_path / "plain.npz"
+    np.savez(no_meta, input_ids=np.zeros((2, 3), np.int32))
+    with pytest.raises(ToolkitError, match="no 'meta' entry"):
+        CalibrationSet(no_meta)
+    meta = {"kind": "classifier", "input_names": ["input_ids", "attention_mask"]}
+    good = save_calibration_set(tmp_path / "c.npz", [
+        {"input_ids": np.ones((2, 4), np.int32), "attention_mask": np.ones((2, 4), np.int32)}],
+        meta)
+    with np.load(good) as npz:
+        arrays = dict(npz)
+    arrays["b0000.input_ids"] = arrays["b0000.input_ids"].astype(np.float32)
+    np.savez(tmp_path / "float_ids.npz", **arrays)
+    with pytest.raises(ToolkitError, match="expected a non-empty .batch, seq. int32"):
+        CalibrationSet(tmp_path / "float_ids.npz")
+
+
+def test_fixed_shapes_for_polygraphy_calibrator(decoder_calib):
+    """TensorRT calibrates at the calibration profile's OPT shapes only: Polygraphy hands those
+    to the loader as input_metadata and checks every batch against them."""
+    pytest.importorskip("polygraphy")
+    from polygraphy.backend.base.util import check_inputs
+    from polygraphy.common import TensorMetadata
+    from polygraphy.datatype import DataType
+
+    calib = CalibrationSet(decoder_calib)
+    stored_rows = sum(shape[0] for shape in calib.shapes)
+    metadata = TensorMetadata()
+    metadata.add("input_ids", DataType.INT32, (2, 16))
+    metadata.add("position_ids", DataType.INT32, (2, 16))
+    metadata.add("attention_mask", DataType.INT32, (2, 16))
+    for name in calib.input_names[3:]:
+        metadata.add(name, DataType.FLOAT32, (0, 2, KV_DIM))
+    iterator = iter(calib)  # Polygraphy's calibrator calls iter() before it sets the metadata
+    calib.input_metadata = metadata
+    feeds = list(iterator)
+    assert len(feeds) == len(calib) == -(-stored_rows // 2)
+    for feed in feeds:
+        check_inputs(feed, metadata)  # raises on a dtype or shape mismatch
+        assert feed["input_ids"].shape == (2, 16)
+        assert feed["attention_mask"][:, -1].all()  # left padding: the last position is real
+    metadata.add("past_key_0", DataType.FLOAT32, (4, 2, KV_DIM))
+    with pytest.raises(ToolkitError, match="OPT past is 0"):
+        calib.input_metadata = metadata
+
+
+# --- building the set from data ----------------------------------------------------------------
+
+def test_classifier_calibration_set_covers_profile_from_train_split(
+        classifier_calib, tiny_classifier_onnx, data_dir):
+    from train.tokenizer import load_tokenizer
+
+    calib = CalibrationSet(classifier_calib)
+    lengths = [seq for _batch, seq in calib.shapes]
+    assert len(set(lengths)) >= 4 and min(lengths) <= 8 and max(lengths) == PROFILE_MAX
+    assert calib.meta["split"] == "train" and calib.meta["source"] == str(data_dir)
+    assert calib.input_names == ["input_ids", "attention_mask"]
+    assert calib.meta["onnx_sha256"] == sha256_file(tiny_classifier_onnx)
+
+    tok = load_tokenizer(tiny_classifier_onnx.parent / "tiny_classifier.tokenizer.json")
+    train_ids = {i for line in (data_dir / "imdb" / "train.jsonl").read_text().splitlines()
+                 for i in tok.encode(json.loads(line)["text"]).ids}
+    test_ids = {i for line in (data_dir / "imdb" / "test.jsonl").read_text().splitlines()
+                for i in tok.encode(json.loads(line)["text"]).ids}
+    assert test_ids - train_ids  # else this test could not tell the splits apart
+    used = {int(i) for feed in calib for i in feed["input_ids"][feed["attention_mask"] == 1]}
+    assert used <= train_ids
+    longest = next(feed for feed in calib if feed["input_ids"].shape[1] == PROFILE_MAX)
+    assert longest["attention_mask"].all(axis=1).any()  # real tokens fill the maximum length
+
+
+def test_decoder_calibration_set_is_left_padded_prefill(decoder_calib):
+    calib = CalibrationSet(decoder_calib)
+    assert max(seq for _b, seq in calib.shapes) == PROFILE_MAX
+    for feed in calib:
+        mask = feed["attention_mask"]
+        assert mask[:, -1].all() and mask[0].all()  # first row fills the length
+        assert (np.diff(mask, axis=1) >= 0).all()  # zeros only on the left
+        first_real = feed["position_ids"][mask == 1].min()
+        assert first_real == 0 and feed["past_value_0"].shape[0] == 0
+
+
+def test_review_encoding_matches_training(tiny_classifier_onnx):
+    from calibration.dataset import encode_reviews
+    from train.batching import encode_texts
+    from train.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tiny_classifier_onnx.parent / "tiny_classifier.tokenizer.json")
+    texts = [" ".join(WORDS * 3), "a short one"]
+    for cls in (False, True):
+        assert encode_reviews(tok, texts, 20, cls) == encode_texts(tok, texts, 20, cls)
+
+
+# --- explicit INT8 (Q/DQ) ----------------------------------------------------------------------
+
+def _initializers(model):
+    return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_qdq_classifier_is_tensorrt_ready(classifier_qdq, tiny_classifier_onnx, classifier_calib):
+    model = onnx.load(str(classifier_qdq))
+    inits = _initializers(model)
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) > 10
+    for node in qdq:
+        zero_point = inits[node.input[2]]
+        assert zero_point.dtype == np.int8 and not zero_point.any()
+    consumers = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, set()).add(node.op_type)
+    dq = [n for n in qdq if n.op_type == "DequantizeLinear"]
+    assert all(consumers[n.output[0]] <= {"MatMul", "Gemm"} for n in dq)
+    weights = [n for n in dq if n.input[0] in inits]
+    assert len(weights) == 9  # 4 linear layers x 2 blocks + the head
+    for node in weights:
+        assert any(a.name == "axis" for a in node.attribute) and inits[node.input[1]].size > 1
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 17
+
+    feed = next(iter(CalibrationSet(classifier_calib)))
+    fp32 = _session(tiny_classifier_onnx).run(None, feed)[0]
+    int8 = _session(classifier_qdq).run(None, feed)[0]
+    assert int8.shape == fp32.shape and np.isfinite(int8).all()
+    assert np.abs(int8 - fp32).max() < 0.1 * np.abs(fp32).max() + 1e-3
+
+    sc = load_onnx_sidecar(classifier_qdq, kind="classifier", check_hash=True)
+    assert sc["precision"] == "int8-qdq"
+    quant = sc["quantization"]
+    assert quant["method"] == "entropy"
+    assert quant["calibration_sha256"] == sha256_file(classifier_calib)
+    assert quant["source_onnx_sha256"] == sha256_file(tiny_classifier_onnx)
+
+
+def test_qdq_decoder_keeps_kv_and_logits_float(decoder_qdq, tiny_decoder_onnx, decoder_calib):
+    model = onnx.load(str(decoder_qdq))
+    producers = {out: n.op_type for n in model.graph.node for out in n.output}
+    outputs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
+    for name in ["logits", "topk_values", "new_key_0", "new_value_1"]:
+        assert outputs[name] == onnx.TensorProto.FLOAT
+        assert producers[name] != "DequantizeLinear"
+    feed = list(CalibrationSet(decoder_calib))[-1]
+    names = [o.name for o in model.graph.output]
+    got = dict(zip(names, _session(decoder_qdq).run(None, feed)))
+    ref = dict(zip(names, _session(tiny_decoder_onnx).run(None, feed)))
+    assert got["new_key_0"].shape == ref["new_key_0"].shape == (PROFILE_MAX, 3, KV_DIM)
+    assert np.abs(got["logits"] - ref["logits"]).max() < 0.1 * np.abs(ref["logits"]).max()
+
+
+def test_qdq_check_rejects_nonzero_zero_point(classifier_qdq):
+    from calibration.qdq import check_qdq_for_tensorrt
+
+    model = onnx.load(str(classifier_qdq))
+    node = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
+    zp = next(t for t in model.graph.initializer if t.name == node.input[2])
+    zp.CopyFrom(onnx.numpy_helper.from_array(np.array(3, np.int8), zp.name))
+    with pytest.raises(ToolkitError, match="zero point must be int8 and 0"):
+        check_qdq_for_tensorrt(model)
+
+
+def test_qdq_cli_errors(tiny_classifier_onnx, classifier_calib, tmp_path, copy_of):
+    from calibration.qdq import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["--onnx", str(tiny_classifier_onnx), "--calib",
+                                  str(tmp_path / "none.calib.npz"), "--output",
+                                  str(tmp_path / "x.qdq.onnx")])
+    assert result.exit_code == EXIT_USER_ERROR
+    assert "calibration set not found" in result.output
+    assert not (tmp_path / "x.qdq.onnx").exists()
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"\x08\x07garbage")
+    shutil.copy(sidecar_path(tiny_classifier_onnx), sidecar_path(broken))
+    result = runner.invoke(main, ["--onnx", str(broken), "--calib", str(classifier_calib),
+                                  "--output", str(tmp_path / "y.qdq.onnx")])
+    assert result.exit_code == EXIT_USER_ERROR
+    assert "does not match its sidecar" in result.output
+
+
+# --- the accuracy gate and the FP16 estimate ---------------------------------------------------
+
+def test_gate_passes_generous_limit_and_fails_impossible_one(
+        tiny_classifier_onnx, classifier_qdq, data_dir, tmp_path):
+    from calibration.gate import main
+
+    runner = CliRunner()
+    args = ["--fp32", str(tiny_classifier_onnx), "--int8", str(classifier_qdq),
+            "--data", str(data_dir), "--split", "test"]
+    ok = runner.invoke(main, args + ["--report", str(tmp_path / "ok.json"), "--max-drop", "100",
+                                     "--fp16"])
+    assert ok.exit_code == 0, ok.output
+    report = json.loads((tmp_path / "ok.json").read_text())
+    assert report["passed"] is True and report["samples"] == 60 and report["split"] == "test"
+    assert set(report["fp32"]["per_class"]) == {"negative", "positive"}
+    assert 0.0 <= report["int8"]["accuracy"] <= 1.0
+    diffs = report["int8_vs_fp32"]["largest_logit_differences"]
+    assert diffs and all(0 <= d["index"] < 60 for d in diffs)
+    assert diffs[0]["abs_diff"] >= diffs[-1]["abs_diff"]
+    assert report["fp16"]["runs_on_cpu"] is True and report["fp16"]["nonfinite_outputs"] == {}
+
+    bad = runner.invoke(main, args + ["--report", str(tmp_path / "bad.json"), "--max-drop", "-1",
+                                      "--max-samples", "20"])
+    assert bad.exit_code == EXIT_USER_ERROR
+    assert "INT8 fails the gate" in bad.output and "FP32" in bad.output and "INT8" in bad.output
+    assert json.loads((tmp_path / "bad.json").read_text())["passed"] is False
+
+
+def test_gate_decoder_reports_loss_and_perplexity(tiny_decoder_onnx, decoder_qdq, data_dir,
+                                                  tmp_path):
+    from calibration.gate import run_gate
+
+    report = run_gate(tiny_decoder_onnx, decoder_qdq, str(data_dir), tmp_path / "d.json",
+                      max_drop=50.0, max_samples=4)
+    assert report["split"] == "valid" and report["samples"] == 4
+    assert report["fp32"]["tokens"] == 4 * PROFILE_MAX
+    assert np.isclose(report["fp32"]["perplexity"], np.exp(report["fp32"]["loss"]))
+    assert report["drop_unit"] == "percent of FP32 loss"
+    assert abs(report["drop"]) < 50.0
+
+
+def test_gate_rejects_unreadable_int8_onnx(tiny_classifier_onnx, classifier_qdq, data_dir,
+                                           tmp_path):
+    from calibration.gate import main
+
+    broken = tmp_path / "broken.qdq.onnx"
+    broken.write_bytes(b"this is not protobuf")
+    shutil.copy(sidecar_path(classifier_qdq), sidecar_path(broken))
+    result = CliRunner().invoke(main, ["--fp32", str(tiny_classifier_onnx), "--int8", str(broken),
+                                       "--data", str(data_dir), "--report",
+                                       str(tmp_path / "r.json")])
+    assert result.exit_code == EXIT_USER_ERROR
+    assert "cannot be loaded by ONNX Runtime" in result.output
+
+
+def test_fp16_copy_runs_and_flags_constants_beyond_range(tiny_classifier_onnx, classifier_calib,
+                                                         tmp_path):
+    from calibration.fp16 import convert_to_fp16, nonfinite_counts, out_of_range_constants
+
+    fp16 = convert_to_fp16(tiny_classifier_onnx, tmp_path / "m.fp16.onnx")
+    feed = next(iter(CalibrationSet(classifier_calib)))
+    ref = _session(tiny_classifier_onnx).run(None, feed)[0]
+    got = _session(fp16).run(None, feed)[0]
+    assert got.dtype == np.float32  # keep_io_types
+    assert np.abs(got - ref).max() < 1e-2
+    assert out_of_range_constants(tiny_classifier_onnx)["count"] == 0
+
+    model = onnx.load(str(tiny_classifier_onnx))
+    weight = next(t for t in model.graph.initializer
+                  if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2)
+    big = onnx.numpy_helper.to_array(weight).copy()
+    big.flat[0] = 1.0e6
+    weight.CopyFrom(onnx.numpy_helper.from_array(big.astype(np.float32), weight.name))
+    planted = tmp_path / "planted.onnx"
+    onnx.save(model, str(planted))
+    found = out_of_range_constants(planted)
+    assert found["count"] == 1 and found["constants"][0]["name"] == weight.name
+    assert nonfinite_counts({"x": np.array([1.0, np.inf, np.nan], np.float32)}) == {"x": 2}

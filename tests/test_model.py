@@ -1,0 +1,84 @@
+"""Model behaviour that export and the device runtime rely on."""
+import pytest
+import torch
+
+from common.errors import ToolkitError
+from train.model import (ClassifierConfig, DecoderConfig, DecoderLM, EncoderClassifier,
+                         config_from_dict, config_to_dict)
+
+TINY_DEC = DecoderConfig(vocab_size=97, max_seq_len=48, d_model=32, n_layers=2, n_heads=4, d_ff=64)
+TINY_CLS = ClassifierConfig(vocab_size=97, max_seq_len=48, d_model=32, n_layers=2, n_heads=4,
+                            d_ff=64, dropout=0.0)
+
+
+def _decoder():
+    torch.manual_seed(0)
+    return DecoderLM(TINY_DEC).eval()
+
+
+def test_shapes():
+    torch.manual_seed(0)
+    clf = EncoderClassifier(TINY_CLS).eval()
+    assert clf(torch.randint(0, 97, (3, 11)), torch.ones(3, 11)).shape == (3, 2)
+    logits, keys, values = _decoder()(torch.randint(0, 97, (2, 9)))
+    assert logits.shape == (2, 9, 97)
+    assert len(keys) == len(values) == 2
+    assert keys[0].shape == values[1].shape == (9, 2, 32)  # (new, batch, kv_dim) position-major
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_padding_does_not_change_the_prediction(pooling):
+    torch.manual_seed(0)
+    cfg = config_from_dict({**config_to_dict(TINY_CLS), "pooling": pooling})
+    clf = EncoderClassifier(cfg).eval()
+    ids = torch.randint(3, 97, (1, 13))
+    plain = clf(ids, torch.ones(1, 13))
+    padded_ids = torch.cat([ids, torch.zeros(1, 20, dtype=torch.long)], dim=1)
+    padded_mask = torch.cat([torch.ones(1, 13), torch.zeros(1, 20)], dim=1)
+    torch.testing.assert_close(clf(padded_ids, padded_mask), plain, atol=1e-5, rtol=1e-5)
+
+
+def test_changing_a_later_token_leaves_earlier_logits_unchanged():
+    model = _decoder()
+    ids = torch.randint(0, 97, (1, 20))
+    changed = ids.clone()
+    changed[0, 12] = (changed[0, 12] + 1) % 97
+    a, _, _ = model(ids)
+    b, _, _ = model(changed)
+    torch.testing.assert_close(a[:, :12], b[:, :12])
+    assert not torch.allclose(a[:, 12:], b[:, 12:])
+
+
+def test_cached_step_by_step_logits_equal_full_forward():
+    model = _decoder()
+    ids = torch.randint(0, 97, (2, 30))
+    full, _, _ = model(ids)
+    logits, keys, values = model(ids[:, :7])  # prefill
+    steps = [logits]
+    for t in range(7, 30):  # decode one position at a time, appending to the cache
+        logits, new_k, new_v = model(ids[:, t:t + 1], past_keys=keys, past_values=values)
+        keys = [torch.cat([k, nk]) for k, nk in zip(keys, new_k)]
+        values = [torch.cat([v, nv]) for v, nv in zip(values, new_v)]
+        steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_left_padding_with_mask_and_positions_matches_unpadded():
+    model = _decoder()
+    ids = torch.randint(3, 97, (1, 10))
+    plain, _, _ = model(ids)
+    padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 4), torch.ones(1, 10)], dim=1)
+    positions = torch.cat([torch.zeros(1, 4, dtype=torch.long), torch.arange(10)[None]], dim=1)
+    out, _, _ = model(padded, position_ids=positions, attention_mask=mask)
+    torch.testing.assert_close(out[:, 4:], plain, atol=1e-5, rtol=1e-5)
+
+
+def test_config_round_trip_and_errors():
+    assert config_from_dict(config_to_dict(TINY_DEC)) == TINY_DEC
+    with pytest.raises(ToolkitError, match="unknown keys"):
+        config_from_dict({**config_to_dict(TINY_CLS), "bogus": 1})
+    with pytest.raises(ToolkitError, match="model kind"):
+        config_from_dict({"kind": "vision"})
+    with pytest.raises(ToolkitError, match="not divisible"):
+        DecoderConfig(d_model=30, n_heads=4)

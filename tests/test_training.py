@@ -1,0 +1,88 @@
+"""Training loop: exact resume, checkpoint errors, tokenizer round trip."""
+import random
+
+import pytest
+import torch
+
+from common.errors import ToolkitError
+from train.checkpoint import load_checkpoint, save_checkpoint
+from train.imdb import ImdbTask
+from train.model import ClassifierConfig, DecoderConfig, build_model
+from train.tokenizer import load_tokenizer, save_tokenizer, special_ids, train_bpe
+from train.trainer import TrainConfig, train
+
+from conftest import tiny_texts
+
+CFG = ClassifierConfig(vocab_size=50, max_seq_len=32, d_model=16, n_layers=1, n_heads=2,
+                       d_ff=32, dropout=0.2)
+
+
+def _task(seed=0):
+    rng = random.Random(seed)
+    seqs = [[rng.randrange(3, 50) for _ in range(rng.randint(2, 20))] for _ in range(40)]
+    labels = [int(sum(s) % 2) for s in seqs]
+    return ImdbTask(seqs[:30], labels[:30], seqs[30:], labels[30:], pad_id=0)
+
+
+def _weights(path):
+    return load_checkpoint(path).model.state_dict()
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, warmup_steps=2, threads=1)
+    steps_per_epoch = _task().steps_per_epoch(4)  # 8: 30 examples in batches of 4
+    quiet = lambda msg: None
+    full = train(_task(), CFG, cfg, tmp_path / "full", log=quiet)
+    half = steps_per_epoch + 3  # stop mid-epoch, the hardest place to resume
+    train(_task(), CFG, TrainConfig(**{**cfg.__dict__, "max_steps": half}), tmp_path / "split", log=quiet)
+    assert load_checkpoint(tmp_path / "split" / "last.pt").state["step"] == half
+    resumed = train(_task(), CFG, cfg, tmp_path / "split", resume=True, log=quiet)
+    assert full["steps"] == resumed["steps"] == 2 * steps_per_epoch
+    a, b = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "split" / "last.pt")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert [r["val_accuracy"] for r in full["history"]] == [r["val_accuracy"] for r in resumed["history"]]
+
+
+def test_best_checkpoint_holds_the_best_epoch(tmp_path):
+    result = train(_task(), CFG, TrainConfig(epochs=3, batch_size=4, threads=1), tmp_path,
+                   log=lambda m: None)
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best.state["metrics"]["accuracy"] == max(r["val_accuracy"] for r in result["history"])
+    assert {"optimizer", "scheduler", "rng", "step"} <= set(best.state)
+
+
+def test_corrupt_truncated_and_foreign_checkpoints_give_one_line_errors(tmp_path):
+    path = save_checkpoint(tmp_path / "ok.pt", CFG, build_model(CFG))
+    data = path.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    for name, pattern in [("trunc.pt", "corrupt"), ("junk.pt", "corrupt"),
+                          ("foreign.pt", "not a checkpoint"), ("missing.pt", "not found")]:
+        with pytest.raises(ToolkitError, match=pattern) as err:
+            load_checkpoint(tmp_path / name)
+        assert "\n" not in str(err.value) and name in str(err.value)
+    with pytest.raises(ToolkitError, match="expected a decoder"):
+        load_checkpoint(path, kind="decoder")
+
+
+def test_checkpoint_with_weights_of_another_config_is_refused(tmp_path):
+    other = DecoderConfig(vocab_size=50, max_seq_len=32, d_model=16, n_layers=1, n_heads=2, d_ff=32)
+    state = torch.load(save_checkpoint(tmp_path / "a.pt", CFG, build_model(CFG)), weights_only=True)
+    state["model"] = build_model(other).state_dict()
+    torch.save(state, tmp_path / "b.pt")
+    with pytest.raises(ToolkitError, match="do not match"):
+        load_checkpoint(tmp_path / "b.pt")
+
+
+def test_tokenizer_round_trip_and_special_ids(tmp_path):
+    tok = train_bpe(tiny_texts(), vocab_size=300)
+    path = save_tokenizer(tok, tmp_path / "tokenizer.json")
+    loaded = load_tokenizer(path)
+    text = "the happy cat sat on a mat, and the dog ran!"
+    assert loaded.decode(loaded.encode(text).ids).strip() == text
+    assert loaded.encode("zebra quokka").ids  # unseen words still encode (byte level)
+    assert special_ids(loaded) == {"pad_id": 0, "eos_id": 1, "cls_id": 2}
+    with pytest.raises(ToolkitError, match="not found"):
+        load_tokenizer(tmp_path / "nope.json")
