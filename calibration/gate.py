@@ -155,20 +155,22 @@ def decoder_loss(session, data: EvalData, sidecar: Dict[str, Any]) -> Dict[str, 
         out = session.run(None, feed)
         outputs = dict(zip([o.name for o in session.get_outputs()], out))
         _add_counts(nonfinite, fp16_estimate.nonfinite_counts(outputs))
-        logits = outputs["logits"].astype(np.float64)  # (batch, seq, vocab)
-        log_probs = logits - _logsumexp(logits)
+        logits = outputs["logits"]  # (batch, seq, vocab) fp32
         targets = windows[:, 1:]  # (batch, seq)
-        total_nll -= float(np.take_along_axis(log_probs, targets[..., None], axis=-1).sum())
+        target_logits = np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        nll = _logsumexp(logits) - target_logits  # (batch, seq): -log p(target)
+        total_nll += float(nll.sum(dtype=np.float64))
         total_tokens += targets.size
-        top1.append(outputs["logits"].argmax(axis=-1).ravel())
+        top1.append(logits.argmax(axis=-1).ravel())
     loss = total_nll / max(total_tokens, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": total_tokens,
             "nonfinite_outputs": nonfinite, "top1": np.concatenate(top1)}
 
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:
+    """Over the last axis, which is dropped: (batch, seq, vocab) -> (batch, seq)."""
     peak = x.max(axis=-1, keepdims=True)
-    return peak + np.log(np.exp(x - peak).sum(axis=-1, keepdims=True))
+    return (peak + np.log(np.exp(x - peak).sum(axis=-1, keepdims=True)))[..., 0]
 
 
 def _add_counts(total: Dict[str, int], counts: Dict[str, int]) -> None:

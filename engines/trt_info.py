@@ -111,7 +111,10 @@ def _gpu_from_cuda_python() -> Dict[str, str] | None:
         except ImportError:
             return None
     ok = driver.CUresult.CUDA_SUCCESS
-    (err,) = driver.cuInit(0)
+    try:
+        (err,) = driver.cuInit(0)
+    except RuntimeError:  # the bindings could not load libcuda
+        return None
     if err != ok:
         return None
     err, device = driver.cuDeviceGet(0)

@@ -22,7 +22,14 @@ if __package__ in (None, ""):  # run by path: python export/onnx_model.py
 
 import click
 
-from common.artifacts import load_onnx_sidecar, sidecar_path, write_onnx_sidecar
+from common.artifacts import (
+    SIDECAR_FORMAT,
+    SIDECAR_VERSION,
+    load_onnx_sidecar,
+    sidecar_path,
+    validate_onnx_sidecar,
+    write_onnx_sidecar,
+)
 from common.errors import ToolkitError, exit_on_toolkit_error
 from common.fileio import atomic_write_bytes, sha256_file
 
@@ -46,15 +53,11 @@ def export_checkpoint(
     """Export ``checkpoint`` to ``output`` (.onnx) with sidecar and tokenizer; returns ``output``.
 
     kind: "classifier" | "decoder" to refuse a checkpoint of the other kind. topk: K of the
-    decoder's top-K outputs (capped at the vocabulary). parity_texts: real texts for the parity
-    check (classifier batch; the decoder's greedy prompt is the first one).
+    decoder's top-K outputs (1..vocab). parity_texts: real texts for the parity check
+    (classifier batch; the decoder's greedy prompt is the first one).
     """
-    import onnx
-    import torch
-
-    from export.wrappers import count_layernorms, export_wrapper
     from train.checkpoint import load_checkpoint
-    from train.tokenizer import load_tokenizer, special_ids
+    from train.tokenizer import load_tokenizer
 
     started = time.perf_counter()
     output = Path(output)
@@ -63,51 +66,87 @@ def export_checkpoint(
     if max_batch < 1:
         raise ToolkitError(f"max_batch={max_batch}: expected a positive integer")
     ckpt = load_checkpoint(checkpoint, kind=kind)
-    cfg = ckpt.config
     tokenizer = load_tokenizer(ckpt.tokenizer_path)
-    topk = min(topk, cfg.vocab_size) if cfg.kind == "decoder" else 0
-    wrapper = export_wrapper(ckpt.model, cfg.kind, topk)
-    inputs, outputs = io_spec(cfg, topk)
+    topk = topk if ckpt.kind == "decoder" else 0  # the wrapper refuses K outside 1..vocab
     with tempfile.TemporaryDirectory(prefix="onnx-export-") as tmp:
-        traced = Path(tmp) / "traced.onnx"
-        trace_to_onnx(wrapper, traced, opset)
-        model = onnx.load(str(traced))
-        simplifier, note = "none", ""
-        if simplify:
-            from export.simplify import simplify_model
-
-            model, simplifier, note = simplify_model(model)
-        stamp_io_shapes(model, inputs, outputs)
-        check_graph(model, inputs, outputs, count_layernorms(ckpt.model), opset, output)
         final = Path(tmp) / "model.onnx"
-        onnx.save(model, str(final))
+        simplifier, note = build_graph(ckpt, final, topk, opset, simplify, where=output)
         export_seconds = time.perf_counter() - started
         parity = None
         if check_parity:
-            parity = run_parity(ckpt.model, final, cfg, max_batch, tokenizer, parity_texts,
-                                greedy_tokens)
+            parity = run_parity(ckpt.model, final, ckpt.config, max_batch, tokenizer,
+                                parity_texts, greedy_tokens)
+            parity["seconds"] = time.perf_counter() - started - export_seconds
         from export.preflight import preflight_report
 
         preflight = preflight_report(final)
         onnx_bytes = final.read_bytes()
-    tokenizer_file = output.with_name(output.stem + ".tokenizer.json")
-    sidecar = {
+    sidecar = build_sidecar(ckpt, tokenizer, output, onnx_bytes, topk, opset, max_batch)
+    sidecar.update(simplifier=simplifier, simplifier_note=note, export_seconds=export_seconds,
+                   parity=parity, preflight=preflight)
+    write_artifacts(output, onnx_bytes, ckpt.tokenizer_path, sidecar)
+    return output
+
+
+def build_graph(ckpt, path: Path, topk: int, opset: int, simplify: bool, where: Path):
+    """Trace, simplify, stamp and check the graph of ``ckpt``; save it to ``path``.
+
+    Returns (simplifier, note) as ``export.simplify.simplify_model`` reports them.
+    """
+    import onnx
+
+    from export.wrappers import count_layernorms, export_wrapper
+
+    wrapper = export_wrapper(ckpt.model, ckpt.kind, topk)
+    inputs, outputs = io_spec(ckpt.config, topk)
+    trace_to_onnx(wrapper, path, opset)
+    model = onnx.load(str(path))
+    simplifier, note = "none", ""
+    if simplify:
+        from export.simplify import simplify_model
+
+        model, simplifier, note = simplify_model(model)
+    stamp_io_shapes(model, inputs, outputs)
+    check_graph(model, inputs, outputs, count_layernorms(ckpt.model), opset, where)
+    onnx.save(model, str(path))
+    return simplifier, note
+
+
+def build_sidecar(ckpt, tokenizer, output: Path, onnx_bytes: bytes, topk: int, opset: int,
+                  max_batch: int) -> Dict[str, Any]:
+    """The sidecar keys of CONTRIBUTING.md that describe the model and its files."""
+    import onnx
+    import torch
+
+    from train.tokenizer import special_ids
+
+    cfg = ckpt.config
+    inputs, outputs = io_spec(cfg, topk)
+    return {
         "kind": cfg.kind, "opset": opset, "inputs": inputs, "outputs": outputs,
         "dynamic_axes": axis_ranges(cfg, max_batch),
         "vocab_size": cfg.vocab_size, "max_seq_len": cfg.max_seq_len,
-        "special_tokens": special_ids(tokenizer), "tokenizer": tokenizer_file.name,
+        "special_tokens": special_ids(tokenizer), "tokenizer": tokenizer_file(output).name,
         "model_config": ckpt.state["model_config"], "checkpoint": str(ckpt.path),
         "checkpoint_sha256": ckpt.sha256(), "tokenizer_sha256": sha256_file(ckpt.tokenizer_path),
         "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
-        "simplifier": simplifier, "simplifier_note": note, "export_seconds": export_seconds,
         "torch_version": torch.__version__, "onnx_version": onnx.__version__,
-        "parity": parity, "preflight": preflight,
         **kind_fields(cfg, ckpt.state, topk),
     }
+
+
+def tokenizer_file(output: Path) -> Path:
+    """``models/imdb.onnx`` -> ``models/imdb.tokenizer.json``."""
+    return output.with_name(output.stem + ".tokenizer.json")
+
+
+def write_artifacts(output: Path, onnx_bytes: bytes, tokenizer_src: Path, sidecar) -> None:
+    # Validate first so a bad sidecar cannot leave a new graph beside an old sidecar.
+    validate_onnx_sidecar(
+        {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, **sidecar}, sidecar_path(output))
     atomic_write_bytes(output, onnx_bytes)
-    atomic_write_bytes(tokenizer_file, ckpt.tokenizer_path.read_bytes())
+    atomic_write_bytes(tokenizer_file(output), tokenizer_src.read_bytes())
     write_onnx_sidecar(output, sidecar)
-    return output
 
 
 def io_spec(cfg, topk: int) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
@@ -200,6 +239,11 @@ def check_graph(model, inputs, outputs, n_layernorms: int, opset: int, where: Pa
         want = [(s["name"], s["dtype"], len(s["shape"])) for s in spec]
         if got != want:
             raise ToolkitError(f"{where}: graph {kind}s {got}, expected {want}")
+    from export.preflight import decomposed_layernorms
+
+    decomposed = decomposed_layernorms(model.graph)
+    if decomposed:
+        raise ToolkitError(f"{where}: LayerNorm decomposed into ReduceMean/Pow at {decomposed}")
     found = sum(node.op_type == "LayerNormalization" for node in model.graph.node)
     if found != n_layernorms:
         raise ToolkitError(f"{where}: {found} LayerNormalization nodes for {n_layernorms} "
@@ -239,10 +283,10 @@ def _describe_parity(parity: Dict[str, Any] | None) -> List[str]:
     if parity is None:
         return ["parity: skipped (--no-parity)"]
     lines = [f"parity vs PyTorch (tolerance {parity['tolerance']:.0e}): "
-             f"max |diff| {parity['max_abs_diff']:.2e} over {len(parity['cases'])} cases"]
+             f"max |diff| {parity['max_abs_diff']:.2e} over {len(parity['cases'])} cases "
+             f"in {parity['seconds']:.1f} s"]
     for case in parity["cases"]:
-        shape = ", ".join(f"{k} {v}" for k, v in case.items()
-                          if k not in ("max_abs_diff", "source"))
+        shape = ", ".join(f"{k} {case[k]}" for k in ("batch", "seq", "past", "new") if k in case)
         lines.append(f"  {case['source']:6s} {shape}: {case['max_abs_diff']:.2e}")
     greedy = parity.get("greedy")
     if greedy:

@@ -86,7 +86,7 @@ def find_fp16_hazards(model) -> List[Dict[str, str]]:
     hazards = [{"kind": "decomposed_layernorm", "node": name,
                 "detail": "ReduceMean -> Sub -> Pow/Mul -> ReduceMean: export at opset 17 "
                           "so LayerNorm stays one node"}
-               for name in _decomposed_layernorms(graph)]
+               for name in decomposed_layernorms(graph)]
     hazards += [{"kind": "pow", "node": n.name or n.output[0],
                  "detail": "Pow can overflow FP16 (x**2 > 65504 once |x| > 256)"}
                 for n in graph.node if n.op_type == "Pow"]
@@ -96,7 +96,7 @@ def find_fp16_hazards(model) -> List[Dict[str, str]]:
     return hazards
 
 
-def _decomposed_layernorms(graph) -> List[str]:
+def decomposed_layernorms(graph) -> List[str]:
     """Names of ReduceMean nodes that start a mean/variance LayerNorm pattern."""
     consumers: Dict[str, list] = {}
     for node in graph.node:

@@ -25,7 +25,7 @@ tracemalloc): buffers, bindings, token and timing arrays are all made before the
 from __future__ import annotations
 
 if __package__ in (None, ""):  # run by path: the repository root replaces runtime/ on sys.path
-    import os  # (runtime/tokenize.py would otherwise shadow the standard library's tokenize)
+    import os  # (so no module in runtime/ can shadow a standard-library module)
     import sys
 
     _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -80,7 +80,7 @@ class GenerationResult:
     stop_reasons: List[str]  # per row: "eos" | "max_new_tokens" | "context"
     prompt_lengths: List[int]
     prefill_ms: float
-    decode_ms: np.ndarray  # (steps,) float64: wall time of each decode step
+    decode_ms: np.ndarray  # (steps,) float64: wall ms of each decode step (copies + run)
     decode_past: np.ndarray  # (steps,) int32: cache positions before each step
 
     @property
@@ -88,7 +88,7 @@ class GenerationResult:
         return sum(len(t) for t in self.tokens)
 
     def decode_tokens_per_s(self) -> float:
-        """Generated tokens per second of decode time (all rows of the batch together)."""
+        """Rows x decode steps per second of decode time (a batch's rows count together)."""
         total_s = float(self.decode_ms.sum()) / 1e3
         rows = len(self.tokens)
         return rows * len(self.decode_ms) / total_s if total_s > 0 else 0.0
@@ -114,15 +114,18 @@ def profile_limits(session) -> Dict[str, int]:
 class Generator:
     """Prefill + decode on a decoder session; buffers and the KV cache are allocated here, once.
 
+    info: a ``DecoderInfo`` or the sidecar dict (``runtime.tokenization.model_info``).
     max_batch: rows per request this generator is sized for (default: the profiles' largest
     batch). Buffers scale with it (logits are ``(max_batch, max_prompt, vocab)``), so pass the
     batch you will use on a small device.
     """
 
-    def __init__(self, session, tokenizer, info: DecoderInfo, max_batch: int | None = None):
+    def __init__(self, session, tokenizer, info: DecoderInfo | Dict[str, Any],
+                 max_batch: int | None = None):
         self.session = session
         self.tokenizer = tokenizer
-        self.info = info
+        self.info = info if isinstance(info, DecoderInfo) else DecoderInfo.from_sidecar(info)
+        info = self.info
         limits = profile_limits(session)
         self.max_batch = limits["batch"] if max_batch is None else int(max_batch)
         if not 1 <= self.max_batch <= limits["batch"]:
@@ -353,7 +356,7 @@ class Generator:
 
 def open_decoder(model: str, tokenizer: str | None = None):
     """(DecoderInfo, tokenizer) of a decoder ``.onnx`` or engine, read from beside it."""
-    from runtime.tokenize import load_model_tokenizer, model_info
+    from runtime.tokenization import load_model_tokenizer, model_info
 
     info = model_info(model)
     decoder = DecoderInfo.from_sidecar(info)

@@ -243,6 +243,7 @@ def test_qdq_classifier_is_tensorrt_ready(classifier_qdq, tiny_classifier_onnx, 
     for node in weights:
         assert any(a.name == "axis" for a in node.attribute) and inits[node.input[1]].size > 1
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 17
+    assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}  # nothing TRT cannot parse
 
     feed = next(iter(CalibrationSet(classifier_calib)))
     fp32 = _session(tiny_classifier_onnx).run(None, feed)[0]
@@ -325,8 +326,9 @@ def test_gate_passes_generous_limit_and_fails_impossible_one(
     assert diffs[0]["abs_diff"] >= diffs[-1]["abs_diff"]
     assert report["fp16"]["runs_on_cpu"] is True and report["fp16"]["nonfinite_outputs"] == {}
 
-    bad = runner.invoke(main, args + ["--report", str(tmp_path / "bad.json"), "--max-drop", "-1",
-                                      "--max-samples", "20"])
+    # -101 points: even an INT8 model 100 points better than FP32 would not pass.
+    bad = runner.invoke(main, args + ["--report", str(tmp_path / "bad.json"), "--max-drop",
+                                      "-101", "--max-samples", "20"])
     assert bad.exit_code == EXIT_USER_ERROR
     assert "INT8 fails the gate" in bad.output and "FP32" in bad.output and "INT8" in bad.output
     assert json.loads((tmp_path / "bad.json").read_text())["passed"] is False

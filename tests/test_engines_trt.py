@@ -59,7 +59,8 @@ def _compare(onnx_path, plan_path, feeds, atol, rtol, profile=0):
     return bool(Comparator.compare_accuracy(results, compare_func=compare))
 
 
-@pytest.mark.parametrize("precision, tol", [("fp32", 1e-4), ("fp16", 2e-2)])
+# The tiny random models' logits are about 0.1 in size: tolerances are absolute.
+@pytest.mark.parametrize("precision, tol", [("fp32", 1e-4), ("fp16", 5e-3)])
 def test_classifier_engine_matches_onnxruntime(tiny_classifier_onnx, tmp_path, timing_cache,
                                                precision, tol):
     profiles = build_profiles(load_onnx_sidecar(tiny_classifier_onnx), batch=(1, 2, 2),
@@ -128,8 +129,9 @@ def test_int8_engine_from_the_qdq_onnx(tiny_classifier_onnx, tmp_path, timing_ca
                             profiles, qdq_onnx=qdq)
     assert manifest["int8"]["source"] == "qdq"
     assert manifest["precision_plan"]["strongly_typed"] == trt_info.has_strongly_typed(VERSION)
-    # TensorRT and ORT both execute the same Q/DQ graph: close, not bit-equal.
-    assert _compare(qdq, plan, _classifier_feeds(), atol=0.1, rtol=0.1)
+    # TensorRT and ORT both execute the same Q/DQ graph: close, not bit-equal (ORT's FP32 vs
+    # Q/DQ logits differ by about 2e-3 on these inputs).
+    assert _compare(qdq, plan, _classifier_feeds(), atol=5e-3, rtol=5e-3)
 
 
 @pytest.mark.skipif(not trt_info.has_implicit_int8(VERSION),

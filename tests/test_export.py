@@ -263,6 +263,7 @@ def test_export_cli_writes_and_reports(tmp_path, tiny_classifier_checkpoint):
     (["--checkpoint", "{decoder}", "--kind", "classifier"],
      "holds a decoder model; expected a classifier"),
     (["--checkpoint", "{decoder}", "--output", "{tmp}/m.txt"], "expected a path ending in .onnx"),
+    (["--checkpoint", "{decoder}", "--topk", "0"], "topk=0: expected 1..vocab_size (300)"),
 ])
 def test_export_cli_errors(tmp_path, tiny_decoder_checkpoint, args, message):
     from export.onnx_model import main

@@ -16,7 +16,7 @@ SORT_CHUNK_BATCHES = 50  # length bucketing window: sort within 50 batches' wort
 
 def truncate_head_tail(ids: Sequence[int], max_len: int) -> List[int]:
     """Keep the first quarter and the last three quarters of the budget: reviews often state
-    the verdict at the end. The device runtime (runtime/tokenize.py) applies the same rule."""
+    the verdict at the end. The device runtime (runtime/tokenization.py) applies the same rule."""
     if len(ids) <= max_len:
         return list(ids)
     head = max_len // 4

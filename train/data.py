@@ -73,7 +73,9 @@ def describe_source(source: str, dataset: str | None = None) -> str:
             f"using generated SAMPLE data (not {name}): figures are not comparable to real runs"
         )
     if source == HUB:
-        return f"using {name} from the Hugging Face hub ({HUB_IMDB} / {HUB_TINYSTORIES})"
+        hub_ids = {"IMDB": HUB_IMDB, "TinyStories": HUB_TINYSTORIES}
+        hub_id = hub_ids.get(name, f"{HUB_IMDB} / {HUB_TINYSTORIES}")
+        return f"using {name} from the Hugging Face hub ({hub_id})"
     return f"using local {name} data from {Path(source).resolve()}"
 
 

@@ -66,12 +66,13 @@ def split_holdout(texts, labels, val_size: int, seed: int):
             [texts[i] for i in val], [labels[i] for i in val])
 
 
-def prepare_tokenizer(out_dir: Path, texts, vocab_size: int, resume: bool, gpt2_dir: str | None):
+def prepare_tokenizer(out_dir: Path, texts, vocab_size: int, resume: bool, gpt2_dir: str | None,
+                      lowercase: bool):
     path = out_dir / TOKENIZER_FILE
     if resume and path.is_file():
         return load_tokenizer(path)
     started = time.time()
-    tok = gpt2_tokenizer(gpt2_dir) if gpt2_dir else train_bpe(texts, vocab_size, lowercase=True)
+    tok = gpt2_tokenizer(gpt2_dir) if gpt2_dir else train_bpe(texts, vocab_size, lowercase)
     save_tokenizer(tok, path)
     print(f"tokenizer: vocabulary {tok.get_vocab_size()}, {time.time() - started:.1f} s -> {path}")
     return tok
@@ -92,14 +93,15 @@ def prepare_tokenizer(out_dir: Path, texts, vocab_size: int, resume: bool, gpt2_
 def main(data_source, out_dir, val_size, gpt2_dir, limit, resume, **options):
     """Train the encoder classifier on IMDB (or the generated sample) and keep the best epoch."""
     source = datasets_.resolve_data_source(data_source)
-    print(datasets_.describe_source(source))
+    print(datasets_.describe_source(source, "IMDB"))
     texts, labels = datasets_.imdb_splits(source)["train"]
     if limit:
         texts, labels = texts[:limit], labels[:limit]
     train_cfg = build(TrainConfig, options, TRAIN_DEFAULTS)
     tr_texts, tr_labels, val_texts, val_labels = split_holdout(texts, labels, val_size, train_cfg.seed)
     model_cfg = build(ClassifierConfig, options)
-    tok = prepare_tokenizer(out_dir, tr_texts, model_cfg.vocab_size, resume, gpt2_dir)
+    # Lowercase: sentiment does not depend on case, and the vocabulary goes further.
+    tok = prepare_tokenizer(out_dir, tr_texts, model_cfg.vocab_size, resume, gpt2_dir, lowercase=True)
     ids = special_ids(tok)
     pad_id = ids["pad_id"] if ids["pad_id"] is not None else ids["eos_id"]
     model_cfg = dataclasses.replace(model_cfg, vocab_size=tok.get_vocab_size(), pad_id=pad_id)

@@ -68,7 +68,7 @@ class StoriesTask:
 def main(data_source, out_dir, val_stories, seq_len, gpt2_dir, limit, resume, **options):
     """Train the decoder LM on TinyStories (or the generated sample) and keep the best epoch."""
     source = datasets_.resolve_data_source(data_source)
-    print(datasets_.describe_source(source))
+    print(datasets_.describe_source(source, "TinyStories"))
     stories = datasets_.tinystories_splits(source)["train"]
     if limit:
         stories = stories[:limit]
@@ -78,7 +78,8 @@ def main(data_source, out_dir, val_stories, seq_len, gpt2_dir, limit, resume, **
     model_cfg = build(DecoderConfig, options)
     if seq_len > model_cfg.max_seq_len:
         raise ToolkitError(f"--seq-len {seq_len} exceeds --max-seq-len {model_cfg.max_seq_len}")
-    tok = prepare_tokenizer(out_dir, train_stories, model_cfg.vocab_size, resume, gpt2_dir)
+    tok = prepare_tokenizer(out_dir, train_stories, model_cfg.vocab_size, resume, gpt2_dir,
+                            lowercase=False)
     model_cfg = dataclasses.replace(model_cfg, vocab_size=tok.get_vocab_size())
     eos_id = special_ids(tok)["eos_id"]
     started = time.time()
@@ -88,7 +89,8 @@ def main(data_source, out_dir, val_stories, seq_len, gpt2_dir, limit, resume, **
     print(f"tokenized {len(stream):,} train / {len(val_stream):,} held-out tokens in "
           f"{time.time() - started:.1f} s ({len(stream) / sum(len(s.encode()) for s in train_stories):.3f} tokens/byte)")
     task = StoriesTask(stream, val_stream, val_bytes, seq_len)
-    summary = train(task, model_cfg, build(TrainConfig, options, TRAIN_DEFAULTS), out_dir, resume=resume)
+    summary = train(task, model_cfg, build(TrainConfig, options, TRAIN_DEFAULTS), out_dir,
+                    resume=resume, task_config={"seq_len": seq_len})
     from train.plots import plot_history
 
     pngs = plot_history({"kind": "decoder", "epochs": summary["history"]}, out_dir)

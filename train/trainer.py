@@ -51,6 +51,26 @@ class Task(Protocol):
     def score(self, metrics: Dict[str, float]) -> float: ...  # higher is better
 
 
+def keep_freed_memory_in_process() -> None:
+    """Stop glibc from returning large freed blocks to the OS after every op.
+
+    Variable-length batches make PyTorch allocate and free tens of MB per step; by default glibc
+    serves those with mmap/munmap, so each step page-faults the memory in again and a 2-core
+    machine spends most of its time in the kernel (measured: attention fwd+bwd 2.4 s -> 0.37 s).
+    """
+    import ctypes
+    import ctypes.util
+
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name or "musl" in libc_name:
+        return
+    libc = ctypes.CDLL(libc_name)
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    if hasattr(libc, "mallopt"):
+        libc.mallopt(m_mmap_max, 0)
+        libc.mallopt(m_trim_threshold, 2**30)
+
+
 def lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -68,12 +88,16 @@ def train(
     out_dir: Path,
     resume: bool = False,
     log: Callable[[str], None] = print,
+    task_config: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """Train, evaluate each epoch, keep best.pt and last.pt in out_dir; returns the summary."""
+    """Train, evaluate each epoch, keep best.pt and last.pt in out_dir; returns the summary.
+
+    task_config (e.g. the LM's training window) is saved in the checkpoint's train_config."""
     out_dir = Path(out_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+        keep_freed_memory_in_process()
     torch.manual_seed(cfg.seed)
     model = build_model(model_config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -120,7 +144,8 @@ def train(
             extra = {"scaler": scaler.state_dict(), "history": history, "best_score": best_score}
             save_checkpoint(out_dir / name, model_config, model, optimizer=optimizer,
                             scheduler=scheduler, step=step, epoch=epoch,
-                            train_config=asdict(cfg), metrics=metrics, extra=extra)
+                            train_config={**asdict(cfg), **(task_config or {})},
+                            metrics=metrics, extra=extra)
 
         if step % steps_per_epoch:  # stopped mid-epoch by max_steps: save to resume, no eval
             save("last.pt")

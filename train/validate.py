@@ -119,7 +119,7 @@ def print_summary(kind: str, metrics: Dict) -> None:
 @click.option("--max-samples", default=None, type=int,
               help="Evaluate only the first N reviews / stories of the split.")
 @click.option("--seq-len", default=None, type=int,
-              help=f"Decoder window in tokens [default: min({DEFAULT_LM_SEQ_LEN}, max_seq_len)]")
+              help="Decoder window in tokens [default: the training window saved in the checkpoint]")
 @exit_on_toolkit_error
 def main(checkpoint: str, split: str | None, output_dir: str, data_source: str | None,
          batch_size: int, max_samples: int | None, seq_len: int | None) -> None:
@@ -149,7 +149,8 @@ def main(checkpoint: str, split: str | None, output_dir: str, data_source: str |
         n_samples = len(texts)
     else:
         stories = data_sources.tinystories_splits(source)[split][:max_samples]
-        window = seq_len or min(DEFAULT_LM_SEQ_LEN, ckpt.config.max_seq_len)
+        trained_window = (ckpt.state.get("train_config") or {}).get("seq_len")
+        window = seq_len or trained_window or min(DEFAULT_LM_SEQ_LEN, ckpt.config.max_seq_len)
         if window > ckpt.config.max_seq_len:
             raise ToolkitError(
                 f"--seq-len {window} exceeds the model's max_seq_len {ckpt.config.max_seq_len}"
