@@ -60,7 +60,8 @@ calibrate: setup
 	$(PY) -m calibration.qdq --onnx models/$(MODEL).onnx --calib calibration/$(MODEL).calib.npz \
 		--output models/$(MODEL).qdq.onnx
 	$(PY) -m calibration.gate --fp32 models/$(MODEL).onnx --int8 models/$(MODEL).qdq.onnx \
-		--data $(MODEL_DATA) --split $(SPLIT) --report reports/$(MODEL).int8.json --fp16
+		--data $(MODEL_DATA) --split $(SPLIT) --report reports/$(MODEL).int8.json --fp16 \
+		--max-drop $(MAX_DROP)
 
 engine: setup
 	$(PY) -m engines.build --onnx models/$(MODEL).onnx --precision $(PRECISION) \

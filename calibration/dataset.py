@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 if __package__ in (None, ""):  # run as a script: python calibration/dataset.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -24,42 +24,25 @@ if __package__ in (None, ""):  # run as a script: python calibration/dataset.py
 import click
 import numpy as np
 
-from calibration.loader import position_ids_for, save_calibration_set
+from calibration.loader import CalibrationSet, position_ids_for, save_calibration_set
 from common.artifacts import axis_range, load_onnx_sidecar, tokenizer_path
 from common.errors import ToolkitError, exit_on_toolkit_error
+from common.text import encode_classifier_texts, story_token_ids
 
 SPLIT = "train"  # calibration never sees the evaluation split
 SHORTEST = 8  # tokens: the short end of the length schedule, when the profile allows it
 POOL_PER_ROW = 4  # candidate texts tokenized per calibration row, to find rows of each length
 
 
-def truncate_head_tail(ids: Sequence[int], max_len: int) -> List[int]:
-    """Training's truncation rule (``train.batching.truncate_head_tail``, which imports torch):
-    keep the first quarter and the last three quarters of the budget. A test pins the two."""
-    if len(ids) <= max_len:
-        return list(ids)
-    head = max_len // 4
-    return list(ids[:head]) + list(ids[len(ids) - (max_len - head):])
-
-
 def encode_reviews(tok, texts: Sequence[str], max_len: int, prepend_cls: bool) -> List[List[int]]:
-    """Classifier inputs exactly as training builds them (``train.batching.encode_texts``)."""
-    cls_id = tok.token_to_id("<cls>")
-    budget = max_len - 1 if prepend_cls else max_len
-    encoded = []
-    for enc in tok.encode_batch(list(texts)):
-        ids = truncate_head_tail(enc.ids, budget)
-        encoded.append([cls_id] + ids if prepend_cls else ids)
-    return encoded
+    """Classifier inputs exactly as training builds them."""
+    cls_id = tok.token_to_id("<cls>") if prepend_cls else None
+    return encode_classifier_texts(tok, texts, max_len, cls_id)
 
 
 def token_stream(tok, stories: Sequence[str], eos_id: int) -> np.ndarray:
     """All stories as one stream, each followed by end-of-text.  # (n_tokens,) int64"""
-    stream: List[int] = []
-    for enc in tok.encode_batch(list(stories)):
-        stream.extend(enc.ids)
-        stream.append(eos_id)
-    return np.asarray(stream, dtype=np.int64)
+    return np.asarray(story_token_ids(tok, stories, eos_id), dtype=np.int64)
 
 
 def length_schedule(shortest: int, longest: int, n_batches: int) -> List[int]:
@@ -134,7 +117,7 @@ def decoder_batches(tok, stories: Sequence[str], lengths: Sequence[int], batch_s
     return batches
 
 
-def profile_lengths(sidecar: Dict[str, Any]) -> tuple:
+def profile_lengths(sidecar: Dict[str, Any]) -> Tuple[int, int]:
     """(shortest, longest) prefill length the ONNX profile allows."""
     if sidecar["kind"] == "classifier":
         lo, hi = axis_range(sidecar, "seq")
@@ -166,7 +149,7 @@ def build_calibration_set(
         raise ToolkitError(f"--batches {batches}: expected at least 1")
     tok = load_tokenizer(tokenizer_path(onnx_path, sidecar))
     special = sidecar["special_tokens"]
-    pad_id = special.get("pad_id") if special.get("pad_id") is not None else 0
+    pad_id = special["pad_id"] if special.get("pad_id") is not None else 0
     lengths = length_schedule(*profile_lengths(sidecar), batches)
     texts = load_texts(kind, source)
     rng = random.Random(seed)
@@ -210,8 +193,6 @@ def main(onnx_path: Path, data_source: str | None, output: Path, batches: int,
     source = resolve_data_source(data_source)
     click.echo(describe_source(source))
     path = build_calibration_set(onnx_path, source, output, batches, batch_size, seed)
-    from calibration.loader import CalibrationSet
-
     calib = CalibrationSet(path)
     lengths = sorted({s[1] for s in calib.shapes})
     click.echo(f"wrote {path}: {len(calib)} batches of {batch_size}, lengths {lengths}")

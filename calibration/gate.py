@@ -75,19 +75,20 @@ def open_session(onnx_path: str | Path):
 def load_eval_data(onnx_path: str | Path, sidecar: Dict[str, Any], source: str,
                    split: str | None, max_samples: int | None,
                    batch_size: int = 16) -> EvalData:
-    """Tokenize the evaluation split as training does; ``max_samples`` draws a fixed subset."""
+    """Tokenize the evaluation split as training does. ``max_samples``: a fixed random subset
+    of the reviews (classifier), the first windows of the stories (decoder)."""
     from train import data
     from train.tokenizer import load_tokenizer
 
     kind = sidecar["kind"]
     split = split or DEFAULT_SPLIT[kind]
+    splits = data.imdb_splits(source) if kind == "classifier" else data.tinystories_splits(source)
+    if split not in splits:
+        raise ToolkitError(f"--split {split!r}: the {kind} data has splits {sorted(splits)}")
     tok = load_tokenizer(tokenizer_path(onnx_path, sidecar))
     special = sidecar["special_tokens"]
     pad_id = special["pad_id"] if special.get("pad_id") is not None else 0
     batch_size = min(batch_size, axis_range(sidecar, "batch")[1])
-    splits = data.imdb_splits(source) if kind == "classifier" else data.tinystories_splits(source)
-    if split not in splits:
-        raise ToolkitError(f"--split {split!r}: the {kind} data has splits {sorted(splits)}")
     if kind == "classifier":
         texts, labels = splits[split]
         indices = _subset(len(texts), max_samples)
@@ -96,15 +97,22 @@ def load_eval_data(onnx_path: str | Path, sidecar: Dict[str, Any], source: str,
         rows = encode_reviews(tok, [texts[i] for i in indices], max_len, prepend_cls)
         return EvalData(kind, split, rows, [labels[i] for i in indices], indices,
                         list(sidecar["labels"]), pad_id, batch_size)
+    starts, rows = _story_windows(tok, splits[split], sidecar, max_samples)
+    return EvalData(kind, split, rows, [], starts, [], pad_id, batch_size)
+
+
+def _story_windows(tok, stories: Sequence[str], sidecar: Dict[str, Any],
+                   max_samples: int | None):
+    """Non-overlapping windows of seq + 1 tokens (inputs and shifted targets), seq the longest
+    prefill the profile allows."""
     seq = min(sidecar["max_seq_len"], axis_range(sidecar, "new")[1],
               axis_range(sidecar, "total")[1])
-    stream = token_stream(tok, splits[split], special["eos_id"])  # (n_tokens,) int64
-    starts = list(range(0, len(stream) - seq, seq))[:max_samples]  # windows of seq + 1 tokens
+    stream = token_stream(tok, stories, sidecar["special_tokens"]["eos_id"])  # (n_tokens,) int64
+    starts = list(range(0, len(stream) - seq, seq))[:max_samples]
     if not starts:
-        raise ToolkitError(f"the {split} stories hold {len(stream)} tokens: fewer than one "
-                           f"evaluation window of {seq + 1}")
-    rows = [stream[s:s + seq + 1].tolist() for s in starts]
-    return EvalData(kind, split, rows, [], starts, [], pad_id, batch_size)
+        raise ToolkitError(f"the stories hold {len(stream)} tokens: fewer than one evaluation "
+                           f"window of {seq + 1}")
+    return starts, [stream[s:s + seq + 1].tolist() for s in starts]
 
 
 def _subset(n: int, max_samples: int | None) -> List[int]:
@@ -231,6 +239,10 @@ def run_gate(fp32_path: str | Path, int8_path: str | Path, source: str, report_p
     """Evaluate, write the report, then raise ToolkitError if INT8 drops more than max_drop."""
     sidecar = load_onnx_sidecar(fp32_path)
     int8_sidecar = load_onnx_sidecar(int8_path, kind=sidecar["kind"])
+    source_sha = (int8_sidecar.get("quantization") or {}).get("source_onnx_sha256")
+    if source_sha is not None and source_sha != sha256_file(fp32_path):
+        raise ToolkitError(f"{int8_path} was quantized from another graph than {fp32_path} "
+                           "(source_onnx_sha256 differs): compare it with its own FP32 model")
     int8_session = open_session(int8_path)  # fail on an unreadable file before the slow part
     data = load_eval_data(fp32_path, sidecar, source, split, max_samples)
     fp32 = evaluate_model(fp32_path, data, sidecar)

@@ -99,8 +99,11 @@ class CalibrationSet:
             token_batches = self._repacked(*self._fixed_shape)
         else:
             token_batches = self._tokens
+        wanted = list(self._input_metadata) if self._input_metadata is not None else None
         for tokens in token_batches:
-            yield self.feed(tokens)
+            feed = self.feed(tokens)
+            # Polygraphy rejects a feed with inputs the engine does not have.
+            yield feed if wanted is None else {name: feed[name] for name in wanted}
 
     @property
     def input_metadata(self) -> Mapping[str, Any] | None:
@@ -149,6 +152,7 @@ class CalibrationSet:
         return shape[0], shape[1]
 
     def _repacked(self, batch: int, seq: int) -> List[Dict[str, np.ndarray]]:
+        """Real tokens of every stored row, padded (or cut to their first ``seq``) to ``seq``."""
         rows = [row for tokens in self._tokens for row in _real_rows(tokens["input_ids"],
                                                                     tokens["attention_mask"])]
         # Cycle rows to fill the last batch: every batch must have the full shape.

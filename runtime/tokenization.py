@@ -3,27 +3,24 @@
 - ``model_info``: the description of a model file, the ONNX sidecar for ``.onnx`` and the
   manifest's copy of the sidecar fields for a TensorRT ``.plan``/``.engine``.
 - ``load_model_tokenizer``: the tokenizer named by that description, from beside the model.
-- IMDB cleaning (``<br />`` tags) and the head+tail truncation of ``train/batching.py``
-  (``truncate_head_tail``/``encode_texts``), reimplemented here because the device never imports
-  ``train/``; ``tests/test_classify_bench.py`` checks that both agree.
+- IMDB cleaning (``<br />`` tags) and the head+tail truncation, from ``common.text``: the
+  same functions training uses.
 - Right padding of classifier rows into preallocated buffers.
 """
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Sequence
 
 import numpy as np
 
 from common.errors import ToolkitError
+from common.text import clean_imdb_text, encode_classifier_texts, truncate_head_tail  # noqa: F401  (the runtime's text API)
 
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".plan", ".engine")
 
-_BR_TAG = re.compile(r"<br\s*/?>", re.IGNORECASE)
-_WHITESPACE = re.compile(r"\s+")
 
 
 def model_info(model_path: str | os.PathLike) -> Dict[str, Any]:
@@ -78,36 +75,6 @@ def load_model_tokenizer(model_path: str | os.PathLike, info: Dict[str, Any],
         return Tokenizer.from_file(str(path))
     except Exception as exc:  # the Rust bindings raise plain Exception
         raise ToolkitError(f"tokenizer {path} is unreadable ({exc})") from None
-
-
-def clean_imdb_text(text: str) -> str:
-    """``<br />`` tags to spaces, whitespace collapsed: the cleaning of train/data.py."""
-    return _WHITESPACE.sub(" ", _BR_TAG.sub(" ", text)).strip()
-
-
-def truncate_head_tail(ids: Sequence[int], max_len: int) -> List[int]:
-    """Keep the first ``max_len // 4`` tokens and the last ``max_len - max_len // 4``."""
-    if len(ids) <= max_len:
-        return list(ids)
-    head = max_len // 4
-    return list(ids[:head]) + list(ids[len(ids) - (max_len - head):])
-
-
-def encode_classifier_texts(tokenizer, texts: Sequence[str], max_len: int,
-                            cls_id: int | None = None) -> List[List[int]]:
-    """Cleaned, tokenized, head+tail truncated rows of at most ``max_len`` ids.
-
-    cls_id: prepended to every row when the model pools on ``<cls>`` (training's
-    ``prepend_cls``), after truncating the text to ``max_len - 1``.
-    """
-    budget = max_len - 1 if cls_id is not None else max_len
-    if budget < 1:
-        raise ToolkitError(f"max_len={max_len}: too short to hold any token")
-    rows = []
-    for enc in tokenizer.encode_batch([clean_imdb_text(t) for t in texts]):
-        ids = truncate_head_tail(enc.ids, budget)
-        rows.append([cls_id] + ids if cls_id is not None else ids)
-    return rows
 
 
 def fill_right_padded(rows: Sequence[Sequence[int]], input_ids: np.ndarray,

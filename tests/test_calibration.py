@@ -66,20 +66,21 @@ def decoder_calib(tiny_decoder_onnx, data_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def classifier_qdq(tiny_classifier_onnx, classifier_calib):
+def classifier_qdq(tiny_classifier_onnx, classifier_calib, tmp_path_factory):
     from calibration.qdq import quantize_to_qdq
 
-    out = tiny_classifier_onnx.parent / "tiny_classifier.qdq.onnx"
+    out = tmp_path_factory.mktemp("qdq") / "tiny_classifier.qdq.onnx"
     quantize_to_qdq(tiny_classifier_onnx, classifier_calib, out, method="entropy")
     return out
 
 
 @pytest.fixture(scope="module")
-def decoder_qdq(tiny_decoder_onnx, decoder_calib):
+def decoder_qdq(tiny_decoder_onnx, decoder_calib, tmp_path_factory):
     from calibration.qdq import quantize_to_qdq
 
-    out = tiny_decoder_onnx.parent / "tiny_decoder.qdq.onnx"
-    quantize_to_qdq(tiny_decoder_onnx, decoder_calib, out, method="minmax")
+    out = tmp_path_factory.mktemp("qdq") / "tiny_decoder.qdq.onnx"
+    quantize_to_qdq(tiny_decoder_onnx, decoder_calib, out, method="minmax",
+                    quantize_attention=True)
     return out
 
 
@@ -224,6 +225,19 @@ def _initializers(model):
     return {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
+def _consumer_names(model, tensor):
+    return [n.name for n in model.graph.node if tensor in n.input]
+
+
+def _attention_matmuls(model):
+    """MatMuls of two activations: inputs neither weights nor DequantizeLinear of weights."""
+    inits = {t.name for t in model.graph.initializer}
+    weight_dq = {n.output[0] for n in model.graph.node
+                 if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    return {n.name for n in model.graph.node if n.op_type == "MatMul"
+            and not any(i in inits or i in weight_dq for i in n.input)}
+
+
 def test_qdq_classifier_is_tensorrt_ready(classifier_qdq, tiny_classifier_onnx, classifier_calib):
     model = onnx.load(str(classifier_qdq))
     inits = _initializers(model)
@@ -240,6 +254,9 @@ def test_qdq_classifier_is_tensorrt_ready(classifier_qdq, tiny_classifier_onnx, 
     assert all(consumers[n.output[0]] <= {"MatMul", "Gemm"} for n in dq)
     weights = [n for n in dq if n.input[0] in inits]
     assert len(weights) == 9  # 4 linear layers x 2 blocks + the head
+    fed_by_dq = {c for n in dq for c in _consumer_names(model, n.output[0])}
+    attention = _attention_matmuls(model)
+    assert len(attention) == 4 and not attention & fed_by_dq  # Q.K^T, softmax.V stay float
     for node in weights:
         assert any(a.name == "axis" for a in node.attribute) and inits[node.input[1]].size > 1
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 17
@@ -257,10 +274,18 @@ def test_qdq_classifier_is_tensorrt_ready(classifier_qdq, tiny_classifier_onnx, 
     assert quant["method"] == "entropy"
     assert quant["calibration_sha256"] == sha256_file(classifier_calib)
     assert quant["source_onnx_sha256"] == sha256_file(tiny_classifier_onnx)
+    tokenizer = classifier_qdq.parent / sc["tokenizer"]  # copied: the artifact stands alone
+    assert sha256_file(tokenizer) == sc["tokenizer_sha256"]
 
 
 def test_qdq_decoder_keeps_kv_and_logits_float(decoder_qdq, tiny_decoder_onnx, decoder_calib):
     model = onnx.load(str(decoder_qdq))
+    dq_outputs = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    attention = _attention_matmuls(model)
+    assert len(attention) == 4
+    for name in attention:  # --quantize-attention: both inputs through Q/DQ
+        node = next(n for n in model.graph.node if n.name == name)
+        assert set(node.input) <= dq_outputs
     producers = {out: n.op_type for n in model.graph.node for out in n.output}
     outputs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
     for name in ["logits", "topk_values", "new_key_0", "new_value_1"]:

@@ -3,8 +3,14 @@ import pytest
 import torch
 
 from common.errors import ToolkitError
-from train.model import (ClassifierConfig, DecoderConfig, DecoderLM, EncoderClassifier,
-                         config_from_dict, config_to_dict)
+from train.model import (
+    ClassifierConfig,
+    DecoderConfig,
+    DecoderLM,
+    EncoderClassifier,
+    config_from_dict,
+    config_to_dict,
+)
 
 TINY_DEC = DecoderConfig(vocab_size=97, max_seq_len=48, d_model=32, n_layers=2, n_heads=4, d_ff=64)
 TINY_CLS = ClassifierConfig(vocab_size=97, max_seq_len=48, d_model=32, n_layers=2, n_heads=4,

@@ -3,6 +3,7 @@ import random
 
 import pytest
 import torch
+from conftest import tiny_texts
 
 from common.errors import ToolkitError
 from train.checkpoint import load_checkpoint, save_checkpoint
@@ -10,8 +11,6 @@ from train.imdb import ImdbTask
 from train.model import ClassifierConfig, DecoderConfig, build_model
 from train.tokenizer import load_tokenizer, save_tokenizer, special_ids, train_bpe
 from train.trainer import TrainConfig, train
-
-from conftest import tiny_texts
 
 CFG = ClassifierConfig(vocab_size=50, max_seq_len=32, d_model=16, n_layers=1, n_heads=2,
                        d_ff=32, dropout=0.2)
@@ -34,14 +33,16 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     quiet = lambda msg: None
     full = train(_task(), CFG, cfg, tmp_path / "full", log=quiet)
     half = steps_per_epoch + 3  # stop mid-epoch, the hardest place to resume
-    train(_task(), CFG, TrainConfig(**{**cfg.__dict__, "max_steps": half}), tmp_path / "split", log=quiet)
+    first_half = TrainConfig(**{**cfg.__dict__, "max_steps": half})
+    train(_task(), CFG, first_half, tmp_path / "split", log=quiet)
     assert load_checkpoint(tmp_path / "split" / "last.pt").state["step"] == half
     resumed = train(_task(), CFG, cfg, tmp_path / "split", resume=True, log=quiet)
     assert full["steps"] == resumed["steps"] == 2 * steps_per_epoch
     a, b = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "split" / "last.pt")
     for name in a:
         assert torch.equal(a[name], b[name]), name
-    assert [r["val_accuracy"] for r in full["history"]] == [r["val_accuracy"] for r in resumed["history"]]
+    accuracies = [[r["val_accuracy"] for r in run["history"]] for run in (full, resumed)]
+    assert accuracies[0] == accuracies[1]
 
 
 def test_best_checkpoint_holds_the_best_epoch(tmp_path):

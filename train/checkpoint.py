@@ -7,6 +7,7 @@ Layout of a run directory::
     checkpoints/imdb/
         best.pt  last.pt  tokenizer.json  history.json  *.png
 """
+
 from __future__ import annotations
 
 import io

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import threading
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Dict, List, Tuple
 from urllib.parse import urlparse
 
 from common.errors import ToolkitError
+from common.text import clean_imdb_text  # noqa: F401  (re-exported for train.data users)
 
 SAMPLE = "sample"
 HUB = "hub"
@@ -37,8 +37,6 @@ HUB_CONNECT_TIMEOUT_S = 3.0
 _TRUE_VALUES = {"1", "true", "yes", "on"}
 _WAYS_OUT = "set DATA_DIR=<folder> (local copies) or DATA=sample (generated sample data)"
 
-_BR_TAG = re.compile(r"<br\s*/?>", re.IGNORECASE)
-_WHITESPACE = re.compile(r"\s+")
 
 ImdbSplits = Dict[str, Tuple[List[str], List[int]]]
 StorySplits = Dict[str, List[str]]
@@ -77,11 +75,6 @@ def describe_source(source: str, dataset: str | None = None) -> str:
         hub_id = hub_ids.get(name, f"{HUB_IMDB} / {HUB_TINYSTORIES}")
         return f"using {name} from the Hugging Face hub ({hub_id})"
     return f"using local {name} data from {Path(source).resolve()}"
-
-
-def clean_imdb_text(text: str) -> str:
-    """Replace the ``<br />`` tags of the raw reviews by spaces and collapse whitespace."""
-    return _WHITESPACE.sub(" ", _BR_TAG.sub(" ", text)).strip()
 
 
 def imdb_splits(source: str) -> ImdbSplits:

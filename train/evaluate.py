@@ -1,4 +1,5 @@
 """Evaluation of both models in PyTorch: used per epoch by the trainer and by train.validate."""
+
 from __future__ import annotations
 
 import math
@@ -60,7 +61,7 @@ def evaluate_lm(
     starts = np.arange(n_windows) * seq_len
     total_loss, total_tokens = 0.0, 0
     for i in range(0, n_windows, batch_size):
-        x, y = lm_batch(stream, starts[i:i + batch_size], seq_len)
+        x, y = lm_batch(stream, starts[i : i + batch_size], seq_len)
         logits, _, _ = model(x.to(device))
         total_loss += F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]), y.to(device).reshape(-1), reduction="sum"
@@ -87,8 +88,19 @@ def classification_report(labels: Sequence[int], preds: Sequence[int], names: Li
         precision = tp / cm[:, c].sum() if cm[:, c].sum() else 0.0
         recall = tp / cm[c, :].sum() if cm[c, :].sum() else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1),
-                           "support": int(cm[c, :].sum())}
-    macro = {m: float(np.mean([v[m] for v in per_class.values()])) for m in ("precision", "recall", "f1")}
+        per_class[name] = {
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": float(f1),
+            "support": int(cm[c, :].sum()),
+        }
+    macro = {
+        m: float(np.mean([v[m] for v in per_class.values()])) for m in ("precision", "recall", "f1")
+    }
     accuracy = float(np.trace(cm) / cm.sum()) if cm.sum() else float("nan")
-    return {"accuracy": accuracy, "per_class": per_class, "macro": macro, "confusion_matrix": cm.tolist()}
+    return {
+        "accuracy": accuracy,
+        "per_class": per_class,
+        "macro": macro,
+        "confusion_matrix": cm.tolist(),
+    }

@@ -1,4 +1,5 @@
 """Train the IMDB sentiment classifier: ``python -m train.imdb --help``."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,14 @@ TRAIN_DEFAULTS = dict(epochs=3, batch_size=32, lr=2e-3, warmup_steps=200)
 class ImdbTask:
     kind = "classifier"
 
-    def __init__(self, encoded: List[List[int]], labels: Sequence[int],
-                 val_encoded: List[List[int]], val_labels: Sequence[int], pad_id: int):
+    def __init__(
+        self,
+        encoded: List[List[int]],
+        labels: Sequence[int],
+        val_encoded: List[List[int]],
+        val_labels: Sequence[int],
+        pad_id: int,
+    ):
         self.encoded, self.labels = encoded, list(labels)
         self.val_encoded, self.val_labels = val_encoded, list(val_labels)
         self.pad_id = pad_id
@@ -62,12 +69,17 @@ def split_holdout(texts, labels, val_size: int, seed: int):
     order = list(range(len(texts)))
     random.Random(seed).shuffle(order)
     val, tr = order[:val_size], order[val_size:]
-    return ([texts[i] for i in tr], [labels[i] for i in tr],
-            [texts[i] for i in val], [labels[i] for i in val])
+    return (
+        [texts[i] for i in tr],
+        [labels[i] for i in tr],
+        [texts[i] for i in val],
+        [labels[i] for i in val],
+    )
 
 
-def prepare_tokenizer(out_dir: Path, texts, vocab_size: int, resume: bool, gpt2_dir: str | None,
-                      lowercase: bool):
+def prepare_tokenizer(
+    out_dir: Path, texts, vocab_size: int, resume: bool, gpt2_dir: str | None, lowercase: bool
+):
     path = out_dir / TOKENIZER_FILE
     if resume and path.is_file():
         return load_tokenizer(path)
@@ -79,12 +91,20 @@ def prepare_tokenizer(out_dir: Path, texts, vocab_size: int, resume: bool, gpt2_
 
 
 @click.command(context_settings={"show_default": True})
-@click.option("--data", "data_source", default=None,
-              help="sample | hub | DIR with train.jsonl/test.jsonl [default: $DATA_DIR, $DATA, hub]")
+@click.option(
+    "--data",
+    "data_source",
+    default=None,
+    help="sample | hub | DIR with train.jsonl/test.jsonl [default: $DATA_DIR, $DATA, hub]",
+)
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("checkpoints/imdb"))
 @click.option("--val-size", type=int, default=1000, help="reviews held out of train for epoch eval")
-@click.option("--gpt2-tokenizer", "gpt2_dir", default=None,
-              help="folder with GPT-2's tokenizer.json, instead of training a BPE")
+@click.option(
+    "--gpt2-tokenizer",
+    "gpt2_dir",
+    default=None,
+    help="folder with GPT-2's tokenizer.json, instead of training a BPE",
+)
 @click.option("--limit", type=int, default=0, help="use only the first N training reviews")
 @click.option("--resume", is_flag=True, help="continue from OUT_DIR/last.pt")
 @dataclass_options(ClassifierConfig)
@@ -98,10 +118,14 @@ def main(data_source, out_dir, val_size, gpt2_dir, limit, resume, **options):
     if limit:
         texts, labels = texts[:limit], labels[:limit]
     train_cfg = build(TrainConfig, options, TRAIN_DEFAULTS)
-    tr_texts, tr_labels, val_texts, val_labels = split_holdout(texts, labels, val_size, train_cfg.seed)
+    tr_texts, tr_labels, val_texts, val_labels = split_holdout(
+        texts, labels, val_size, train_cfg.seed
+    )
     model_cfg = build(ClassifierConfig, options)
     # Lowercase: sentiment does not depend on case, and the vocabulary goes further.
-    tok = prepare_tokenizer(out_dir, tr_texts, model_cfg.vocab_size, resume, gpt2_dir, lowercase=True)
+    tok = prepare_tokenizer(
+        out_dir, tr_texts, model_cfg.vocab_size, resume, gpt2_dir, lowercase=True
+    )
     ids = special_ids(tok)
     pad_id = ids["pad_id"] if ids["pad_id"] is not None else ids["eos_id"]
     model_cfg = dataclasses.replace(model_cfg, vocab_size=tok.get_vocab_size(), pad_id=pad_id)
@@ -109,8 +133,10 @@ def main(data_source, out_dir, val_size, gpt2_dir, limit, resume, **options):
     started = time.time()
     encoded = encode_texts(tok, tr_texts, model_cfg.max_seq_len, prepend_cls)
     val_encoded = encode_texts(tok, val_texts, model_cfg.max_seq_len, prepend_cls)
-    print(f"tokenized {len(encoded)} train / {len(val_encoded)} held-out reviews in "
-          f"{time.time() - started:.1f} s")
+    print(
+        f"tokenized {len(encoded)} train / {len(val_encoded)} held-out reviews in "
+        f"{time.time() - started:.1f} s"
+    )
     task = ImdbTask(encoded, tr_labels, val_encoded, val_labels, pad_id)
     summary = train(task, model_cfg, train_cfg, out_dir, resume=resume)
     _finish(out_dir, summary)
@@ -120,10 +146,17 @@ def _finish(out_dir: Path, summary) -> None:
     from train.plots import plot_history
 
     pngs = plot_history({"kind": "classifier", "epochs": summary["history"]}, out_dir)
-    print(f"trained {summary['steps']} steps in {summary['elapsed_s']:.0f} s; "
-          f"best held-out accuracy {summary['best_score']:.4f}")
-    for path in [out_dir / "best.pt", out_dir / "last.pt", out_dir / TOKENIZER_FILE,
-                 out_dir / "history.json", *pngs]:
+    print(
+        f"trained {summary['steps']} steps in {summary['elapsed_s']:.0f} s; "
+        f"best held-out accuracy {summary['best_score']:.4f}"
+    )
+    for path in [
+        out_dir / "best.pt",
+        out_dir / "last.pt",
+        out_dir / TOKENIZER_FILE,
+        out_dir / "history.json",
+        *pngs,
+    ]:
         if Path(path).exists():
             print(f"  wrote {path}")
 

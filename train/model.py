@@ -9,6 +9,7 @@ it takes the past keys and values as a prefix of a position-major buffer
 ``(past, batch, kv_dim)`` and returns the keys and values of the *new* positions only
 ``(new, batch, kv_dim)``, so the runtime appends by binding an output at the next slot.
 """
+
 from __future__ import annotations
 
 import math
@@ -181,7 +182,9 @@ class EncoderClassifier(nn.Module):
         self.ln_final = nn.LayerNorm(cfg.d_model)
         if cfg.head == "mlp":
             self.head = nn.Sequential(
-                nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(), nn.Dropout(cfg.dropout),
+                nn.Linear(cfg.d_model, cfg.d_model),
+                nn.GELU(),
+                nn.Dropout(cfg.dropout),
                 nn.Linear(cfg.d_model, cfg.num_labels),
             )
         else:
@@ -251,7 +254,7 @@ class DecoderLM(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(past, past + new, device=input_ids.device).unsqueeze(0)
         x = self.dropout(self.embed(input_ids) + self.pos(position_ids))
-        bias = self.causal_bias[past:past + new, :past + new]  # (new, past+new)
+        bias = self.causal_bias[past : past + new, : past + new]  # (new, past+new)
         if attention_mask is not None:
             pad = (1.0 - attention_mask.to(x.dtype)) * MASK_VALUE  # (batch, past+new)
             bias = bias.unsqueeze(0) + pad[:, None, :]  # (batch, new, past+new)
@@ -267,8 +270,10 @@ class DecoderLM(nn.Module):
             k_all = torch.cat([past_k, k_new], dim=0)  # (past+new, batch, kv_dim)
             v_all = torch.cat([past_v, v_new], dim=0)
             x = x + block.attn.attend(
-                block.attn.split_heads(q), _heads_from_cache(k_all, block.attn),
-                _heads_from_cache(v_all, block.attn), bias,
+                block.attn.split_heads(q),
+                _heads_from_cache(k_all, block.attn),
+                _heads_from_cache(v_all, block.attn),
+                bias,
             )
             x = x + block.mlp(block.ln_mlp(x))
         logits = self.lm_head(self.ln_final(x))
@@ -277,7 +282,9 @@ class DecoderLM(nn.Module):
 
 def _heads_from_cache(cache, attn: Attention):
     # (seq, batch, kv_dim) -> (batch, heads, seq, head_dim)
-    return cache.view(cache.shape[0], cache.shape[1], attn.n_heads, attn.head_dim).permute(1, 2, 0, 3)
+    return cache.view(cache.shape[0], cache.shape[1], attn.n_heads, attn.head_dim).permute(
+        1, 2, 0, 3
+    )
 
 
 def _init_weights(module: nn.Module) -> None:

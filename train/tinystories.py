@@ -1,4 +1,5 @@
 """Train the TinyStories decoder LM: ``python -m train.tinystories --help``."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,13 +54,23 @@ class StoriesTask:
 
 
 @click.command(context_settings={"show_default": True})
-@click.option("--data", "data_source", default=None,
-              help="sample | hub | DIR with train.txt/valid.txt [default: $DATA_DIR, $DATA, hub]")
+@click.option(
+    "--data",
+    "data_source",
+    default=None,
+    help="sample | hub | DIR with train.txt/valid.txt [default: $DATA_DIR, $DATA, hub]",
+)
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("checkpoints/stories"))
-@click.option("--val-stories", type=int, default=200, help="stories held out of train for epoch eval")
+@click.option(
+    "--val-stories", type=int, default=200, help="stories held out of train for epoch eval"
+)
 @click.option("--seq-len", type=int, default=TRAIN_SEQ_LEN, help="training window in tokens")
-@click.option("--gpt2-tokenizer", "gpt2_dir", default=None,
-              help="folder with GPT-2's tokenizer.json, instead of training a BPE")
+@click.option(
+    "--gpt2-tokenizer",
+    "gpt2_dir",
+    default=None,
+    help="folder with GPT-2's tokenizer.json, instead of training a BPE",
+)
 @click.option("--limit", type=int, default=0, help="use only the first N training stories")
 @click.option("--resume", is_flag=True, help="continue from OUT_DIR/last.pt")
 @dataclass_options(DecoderConfig)
@@ -78,25 +89,40 @@ def main(data_source, out_dir, val_stories, seq_len, gpt2_dir, limit, resume, **
     model_cfg = build(DecoderConfig, options)
     if seq_len > model_cfg.max_seq_len:
         raise ToolkitError(f"--seq-len {seq_len} exceeds --max-seq-len {model_cfg.max_seq_len}")
-    tok = prepare_tokenizer(out_dir, train_stories, model_cfg.vocab_size, resume, gpt2_dir,
-                            lowercase=False)
+    tok = prepare_tokenizer(
+        out_dir, train_stories, model_cfg.vocab_size, resume, gpt2_dir, lowercase=False
+    )
     model_cfg = dataclasses.replace(model_cfg, vocab_size=tok.get_vocab_size())
     eos_id = special_ids(tok)["eos_id"]
     started = time.time()
     stream = lm_token_stream(tok, train_stories, eos_id)
     val_stream = lm_token_stream(tok, val, eos_id)
     val_bytes = sum(len(s.encode("utf-8")) for s in val)
-    print(f"tokenized {len(stream):,} train / {len(val_stream):,} held-out tokens in "
-          f"{time.time() - started:.1f} s ({len(stream) / sum(len(s.encode()) for s in train_stories):.3f} tokens/byte)")
+    train_bytes = sum(len(s.encode("utf-8")) for s in train_stories)
+    print(
+        f"tokenized {len(stream):,} train / {len(val_stream):,} held-out tokens in "
+        f"{time.time() - started:.1f} s ({len(stream) / train_bytes:.3f} tokens/byte)"
+    )
     task = StoriesTask(stream, val_stream, val_bytes, seq_len)
-    summary = train(task, model_cfg, build(TrainConfig, options, TRAIN_DEFAULTS), out_dir,
-                    resume=resume, task_config={"seq_len": seq_len})
+    summary = train(
+        task,
+        model_cfg,
+        build(TrainConfig, options, TRAIN_DEFAULTS),
+        out_dir,
+        resume=resume,
+        task_config={"seq_len": seq_len},
+    )
     from train.plots import plot_history
 
     pngs = plot_history({"kind": "decoder", "epochs": summary["history"]}, out_dir)
     print(f"trained {summary['steps']} steps in {summary['elapsed_s']:.0f} s")
-    for path in [out_dir / "best.pt", out_dir / "last.pt", out_dir / TOKENIZER_FILE,
-                 out_dir / "history.json", *pngs]:
+    for path in [
+        out_dir / "best.pt",
+        out_dir / "last.pt",
+        out_dir / TOKENIZER_FILE,
+        out_dir / "history.json",
+        *pngs,
+    ]:
         if Path(path).exists():
             print(f"  wrote {path}")
 

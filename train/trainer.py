@@ -7,12 +7,13 @@ Exact resume: batches are a function of (seed, epoch) and the schedule of the to
 and a checkpoint holds model, optimizer, scheduler, grad-scaler and RNG states; so N steps,
 then a resumed run of N more, ends with the weights of one run of 2N steps.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Protocol
 
@@ -81,6 +82,94 @@ def lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
+@dataclass
+class _Run:
+    """Everything one training run owns, so the loop and the checkpoints share one view."""
+
+    task: Task
+    model_config: ModelConfig
+    cfg: TrainConfig
+    out_dir: Path
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    steps_per_epoch: int
+    task_config: Dict[str, Any]
+    step: int = 0
+    best_score: float = -math.inf
+    history: List[Dict[str, Any]] = field(default_factory=list)
+
+    def save(self, name: str, metrics: Optional[Dict[str, float]] = None) -> None:
+        extra = {
+            "scaler": self.scaler.state_dict(),
+            "history": self.history,
+            "best_score": self.best_score,
+        }
+        save_checkpoint(
+            self.out_dir / name,
+            self.model_config,
+            self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            step=self.step,
+            epoch=self.step // self.steps_per_epoch,
+            train_config={**asdict(self.cfg), **self.task_config},
+            metrics=metrics,
+            extra=extra,
+        )
+
+    def train_epoch(self, epoch: int, stop_at: int) -> float:
+        """Run the rest of ``epoch`` (all of it unless resuming mid-epoch); mean loss."""
+        cfg, use_amp = self.cfg, self.scaler.is_enabled()
+        done = self.step - epoch * self.steps_per_epoch
+        batches = self.task.batches(cfg.batch_size, cfg.seed, epoch)[done:]
+        self.model.train()
+        running, seen = 0.0, 0
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", mininterval=2.0, leave=False)
+        for batch in bar:
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
+                loss = self.task.loss(self.model, batch, self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.step += 1
+            running, seen = running + loss.item(), seen + 1
+            bar.set_postfix(loss=f"{running / seen:.4f}", refresh=False)
+            if self.step >= stop_at:
+                break
+        bar.close()
+        return running / max(seen, 1)
+
+    def end_epoch(self, epoch: int, train_loss: float, elapsed_s: float) -> Dict[str, Any]:
+        """Evaluate, keep best.pt and last.pt, append to history.json; the history row."""
+        metrics = self.task.evaluate(self.model)
+        row = {
+            "epoch": epoch + 1,
+            "step": self.step,
+            "train_loss": train_loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "elapsed_s": round(elapsed_s, 2),
+            **{f"val_{k}": v for k, v in metrics.items()},
+        }
+        self.history.append(row)
+        score = self.task.score(metrics)
+        row["best"] = score > self.best_score
+        self.best_score = max(self.best_score, score)
+        if row["best"]:
+            self.save("best.pt", metrics)
+        self.save("last.pt", metrics)
+        atomic_write_json(
+            self.out_dir / "history.json", {"kind": self.model_config.kind, "epochs": self.history}
+        )
+        return row
+
+
 def train(
     task: Task,
     model_config: ModelConfig,
@@ -93,7 +182,44 @@ def train(
     """Train, evaluate each epoch, keep best.pt and last.pt in out_dir; returns the summary.
 
     task_config (e.g. the LM's training window) is saved in the checkpoint's train_config."""
-    out_dir = Path(out_dir)
+    run = _start(task, model_config, cfg, Path(out_dir), task_config or {})
+    if resume:
+        _resume(run, run.out_dir / "last.pt", log)
+    total_steps = cfg.epochs * run.steps_per_epoch
+    log(
+        f"{model_config.kind}: {count_parameters(run.model):,} parameters, "
+        f"{run.steps_per_epoch} steps/epoch, {total_steps} steps, device {run.device}, "
+        f"threads {torch.get_num_threads()}"
+    )
+    wandb_run = _maybe_wandb(model_config, cfg, log)
+    started = time.time() - (run.history[-1]["elapsed_s"] if run.history else 0.0)
+    stop_at = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
+    while run.step < stop_at:
+        epoch = run.step // run.steps_per_epoch
+        train_loss = run.train_epoch(epoch, stop_at)
+        if run.step % run.steps_per_epoch:  # stopped mid-epoch by max_steps: no evaluation
+            run.save("last.pt")
+            log(f"stopped at step {run.step} (max_steps); continue with --resume")
+            break
+        row = run.end_epoch(epoch, train_loss, time.time() - started)
+        log(
+            f"epoch {row['epoch']}: train_loss {train_loss:.4f} "
+            + " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
+            + f" ({row['elapsed_s']:.0f} s){'  *best' if row['best'] else ''}"
+        )
+        if wandb_run is not None:
+            wandb_run.log(row, step=run.step)
+    if wandb_run is not None:
+        wandb_run.finish()
+    return {
+        "steps": run.step,
+        "history": run.history,
+        "best_score": run.best_score,
+        "elapsed_s": round(time.time() - started, 2),
+    }
+
+
+def _start(task, model_config, cfg: TrainConfig, out_dir: Path, task_config) -> _Run:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
@@ -104,104 +230,56 @@ def train(
     steps_per_epoch = task.steps_per_epoch(cfg.batch_size)
     if steps_per_epoch <= 0:
         raise ToolkitError(f"batch_size={cfg.batch_size} leaves no full batch in the training data")
-    total_steps = cfg.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, total_steps))
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    step, history, best_score = 0, [], -math.inf
-    if resume:
-        step, history, best_score = _resume(out_dir / "last.pt", model_config, model, optimizer,
-                                            scheduler, scaler, log)
-    log(f"{model_config.kind}: {count_parameters(model):,} parameters, {steps_per_epoch} steps/epoch, "
-        f"{total_steps} steps, device {device}, threads {torch.get_num_threads()}")
-    wandb_run = _maybe_wandb(model_config, cfg, log)
-    started = time.time() - (history[-1]["elapsed_s"] if history else 0.0)
-    stop_at = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
-
-    while step < stop_at:
-        epoch = step // steps_per_epoch
-        batches = task.batches(cfg.batch_size, cfg.seed, epoch)[step - epoch * steps_per_epoch:]
-        model.train()
-        running, seen = 0.0, 0
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", mininterval=2.0, leave=False)
-        for batch in bar:
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                loss = task.loss(model, batch, device)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            running, seen = running + loss.item(), seen + 1
-            bar.set_postfix(loss=f"{running / seen:.4f}", refresh=False)
-            if step >= stop_at:
-                break
-        bar.close()
-        def save(name: str, metrics: Optional[Dict[str, float]] = None) -> None:
-            extra = {"scaler": scaler.state_dict(), "history": history, "best_score": best_score}
-            save_checkpoint(out_dir / name, model_config, model, optimizer=optimizer,
-                            scheduler=scheduler, step=step, epoch=epoch,
-                            train_config={**asdict(cfg), **(task_config or {})},
-                            metrics=metrics, extra=extra)
-
-        if step % steps_per_epoch:  # stopped mid-epoch by max_steps: save to resume, no eval
-            save("last.pt")
-            log(f"stopped at step {step} (max_steps); resume with --resume")
-            break
-        metrics = task.evaluate(model)
-        row = {"epoch": epoch + 1, "step": step, "train_loss": running / max(seen, 1),
-               "lr": scheduler.get_last_lr()[0], "elapsed_s": round(time.time() - started, 2),
-               **{f"val_{k}": v for k, v in metrics.items()}}
-        history.append(row)
-        score = task.score(metrics)
-        improved = score > best_score
-        best_score = max(best_score, score)
-        if improved:
-            save("best.pt", metrics)
-        save("last.pt", metrics)
-        atomic_write_json(out_dir / "history.json", {"kind": model_config.kind, "epochs": history})
-        log("epoch {epoch}: train_loss {train_loss:.4f} ".format(**row)
-            + " ".join(f"val_{k} {v:.4f}" for k, v in metrics.items())
-            + f" ({row['elapsed_s']:.0f} s){'  *best' if improved else ''}")
-        if wandb_run is not None:
-            wandb_run.log(row, step=step)
-    if wandb_run is not None:
-        wandb_run.finish()
-    return {"steps": step, "history": history, "best_score": best_score,
-            "elapsed_s": round(time.time() - started, 2)}
+    schedule = lr_lambda(cfg.warmup_steps, cfg.epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
+    return _Run(
+        task,
+        model_config,
+        cfg,
+        out_dir,
+        device,
+        model,
+        optimizer,
+        scheduler,
+        scaler,
+        steps_per_epoch,
+        task_config,
+    )
 
 
-def _resume(path, model_config, model, optimizer, scheduler, scaler, log):
-    ckpt = load_checkpoint(path, kind=model_config.kind)
-    if ckpt.config != model_config:
+def _resume(run: _Run, path: Path, log) -> None:
+    ckpt = load_checkpoint(path, kind=run.model_config.kind)
+    if ckpt.config != run.model_config:
         raise ToolkitError(f"{path} was trained with another model config; resume needs the same")
-    model.load_state_dict(ckpt.model.state_dict())
+    run.model.load_state_dict(ckpt.model.state_dict())
     try:
-        optimizer.load_state_dict(ckpt.state["optimizer"])
-        scheduler.load_state_dict(ckpt.state["scheduler"])
+        run.optimizer.load_state_dict(ckpt.state["optimizer"])
+        run.scheduler.load_state_dict(ckpt.state["scheduler"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ToolkitError(f"{path} has no usable optimizer/scheduler state ({exc})") from None
     if ckpt.state.get("scaler"):
-        scaler.load_state_dict(ckpt.state["scaler"])
+        run.scaler.load_state_dict(ckpt.state["scaler"])
     restore_rng_state(ckpt.state["rng"])
-    history = list(ckpt.state.get("history", []))
+    run.history = list(ckpt.state.get("history", []))
     history_file = path.parent / "history.json"
-    if not history and history_file.is_file():
-        history = read_json(history_file, "training history").get("epochs", [])
-    log(f"resumed from {path} at step {ckpt.state['step']}")
-    return ckpt.state["step"], history, float(ckpt.state.get("best_score", -math.inf))
+    if not run.history and history_file.is_file():
+        run.history = read_json(history_file, "training history").get("epochs", [])
+    run.step = ckpt.state["step"]
+    run.best_score = float(ckpt.state.get("best_score", -math.inf))
+    log(f"resumed from {path} at step {run.step}")
 
 
 def _maybe_wandb(model_config, cfg, log):
-    if os.environ.get("WANDB_DISABLED", "").lower() in ("1", "true", "yes") or not os.environ.get("WANDB_API_KEY"):
+    disabled = os.environ.get("WANDB_DISABLED", "").lower() in ("1", "true", "yes")
+    if disabled or not os.environ.get("WANDB_API_KEY"):
         return None
     try:
         import wandb
     except ImportError:
         return None
     log("logging to Weights & Biases")
-    return wandb.init(project="jetson-transformer-toolkit",
-                      config={"model": asdict(model_config), "train": asdict(cfg)})
+    return wandb.init(
+        project="jetson-transformer-toolkit",
+        config={"model": asdict(model_config), "train": asdict(cfg)},
+    )

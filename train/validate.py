@@ -119,7 +119,7 @@ def print_summary(kind: str, metrics: Dict) -> None:
 @click.option("--max-samples", default=None, type=int,
               help="Evaluate only the first N reviews / stories of the split.")
 @click.option("--seq-len", default=None, type=int,
-              help="Decoder window in tokens [default: the training window saved in the checkpoint]")
+              help="Decoder window in tokens [default: the training window in the checkpoint]")
 @exit_on_toolkit_error
 def main(checkpoint: str, split: str | None, output_dir: str, data_source: str | None,
          batch_size: int, max_samples: int | None, seq_len: int | None) -> None:
