@@ -3,7 +3,8 @@
 #
 # Data: DATA=sample (default, generated, offline) | DATA=hub (Hugging Face) | DATA_DIR=folder
 #       IMDB_DATA / STORIES_DATA override per model (e.g. ../shared/data/imdb).
-# Passthrough: EPOCHS=, TRAIN_ARGS= (any train option), MODEL=imdb|stories, PRECISION=, SPLIT=
+# Passthrough: EPOCHS=, TRAIN_ARGS= (any train option), MODEL=imdb|stories, PRECISION=, SPLIT=,
+#              MAX_DROP= (INT8 accuracy gate), BENCH_ARGS=, PROMPT=
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -20,6 +21,8 @@ MAX_DROP ?= 0.5
 EPOCHS ?=
 TRAIN_ARGS ?=
 PROMPT ?= Once upon a time
+BENCH_ARGS ?=
+DEMO_MAX_DROP ?= 5
 SPLIT ?= $(if $(filter stories,$(MODEL)),valid,test)
 MODEL_DATA = $(if $(filter stories,$(MODEL)),$(STORIES_DATA),$(IMDB_DATA))
 EPOCH_ARG = $(if $(EPOCHS),--epochs $(EPOCHS))
@@ -70,15 +73,29 @@ engine: setup
 		--accuracy-report reports/$(MODEL).int8.json --max-drop $(MAX_DROP))
 
 bench: setup
-	$(PY) runtime/bench.py --onnx models/$(MODEL).onnx --output results/bench_$(MODEL).json
+	$(PY) runtime/bench.py --onnx models/$(MODEL).onnx --output results/bench_$(MODEL).json $(BENCH_ARGS)
 
+DEMO_TEXTS = "A wonderful film, the acting was superb and I loved every minute." \
+	"Dull, predictable and far too long. I want my two hours back."
 demo: setup
-	@echo "== demo on DATA=$(DATA): train, validate, export, calibrate, engine, classify, generate, bench =="
+	@echo "== demo (DATA=$(DATA)): train, validate, export, calibrate, engine, classify, generate, bench =="
 	$(PY) -m train.imdb --data $(IMDB_DATA) $(DEMO_IMDB_ARGS) $(TRAIN_ARGS)
 	$(PY) -m train.tinystories --data $(STORIES_DATA) $(DEMO_STORIES_ARGS) $(TRAIN_ARGS)
 	$(MAKE) --no-print-directory validate MODEL=imdb
 	$(MAKE) --no-print-directory validate MODEL=stories
-	$(PY) -m train.generate --checkpoint checkpoints/stories/best.pt --prompt "$(PROMPT)" --max-new-tokens 60
+	$(MAKE) --no-print-directory onnx MODEL=imdb
+	$(MAKE) --no-print-directory onnx MODEL=stories
+	$(MAKE) --no-print-directory calibrate MODEL=imdb MAX_DROP=$(DEMO_MAX_DROP)
+	$(MAKE) --no-print-directory calibrate MODEL=stories MAX_DROP=$(DEMO_MAX_DROP)
+	@if $(PY) -c "import tensorrt" 2>/dev/null; then \
+		$(MAKE) --no-print-directory engine MODEL=imdb PRECISION=int8; \
+	else echo "engine: skipped: TensorRT is not installed here (engines are built on the device: make engine MODEL=imdb PRECISION=int8); the ONNX, Q/DQ ONNX and calibration set are ready"; fi
+	$(PY) runtime/classify.py --model models/imdb.onnx $(DEMO_TEXTS)
+	$(PY) runtime/generate.py --model models/stories.onnx --prompt "$(PROMPT)" --max-new-tokens 80
+	$(MAKE) --no-print-directory bench MODEL=imdb BENCH_ARGS="--batch 1,8 --seq 64,256 --iterations 30"
+	$(MAKE) --no-print-directory bench MODEL=stories BENCH_ARGS="--batch 1 --seq 16 --new-tokens 64 --iterations 3"
+	@echo "== demo figures (sample data: not comparable to real runs) =="
+	@$(PY) -m benchmarks.demo_summary
 
 test: setup
 	$(PY) -m pytest -q

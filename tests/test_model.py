@@ -88,3 +88,15 @@ def test_config_round_trip_and_errors():
         config_from_dict({"kind": "vision"})
     with pytest.raises(ToolkitError, match="not divisible"):
         DecoderConfig(d_model=30, n_heads=4)
+
+
+def test_continuous_features_are_projected_instead_of_embedded():
+    torch.manual_seed(0)
+    cfg = config_from_dict({**config_to_dict(TINY_CLS), "feature_dim": 5})
+    clf = EncoderClassifier(cfg).eval()
+    features = torch.randn(2, 9, 5)
+    plain = clf(features, torch.ones(2, 9))
+    assert plain.shape == (2, 2)
+    padded = torch.cat([features, torch.randn(2, 4, 5)], dim=1)  # garbage in padded positions
+    mask = torch.cat([torch.ones(2, 9), torch.zeros(2, 4)], dim=1)
+    torch.testing.assert_close(clf(padded, mask), plain, atol=1e-5, rtol=1e-5)

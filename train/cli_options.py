@@ -3,18 +3,22 @@ dataclass stays the one place where a default is written."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Type
+from typing import Any, Callable, Dict, Tuple, Type
 
 import click
 
 
-def dataclass_options(cls: Type, defaults: Dict[str, Any] | None = None) -> Callable:
-    """Decorator adding ``--field-name`` for each field of ``cls``. Values the user does not
-    give arrive as None, so ``build(cls, kwargs, defaults)`` can apply task defaults first."""
+def dataclass_options(cls: Type, defaults: Dict[str, Any] | None = None,
+                      exclude: Tuple[str, ...] = ()) -> Callable:
+    """Decorator adding ``--field-name`` for each field of ``cls`` but those in ``exclude``
+    (fields the command derives itself). Values the user does not give arrive as None, so
+    ``build(cls, kwargs, defaults)`` can apply task defaults first."""
     defaults = defaults or {}
 
     def decorate(fn: Callable) -> Callable:
         for field in reversed(dataclasses.fields(cls)):
+            if field.name in exclude:
+                continue
             default = defaults.get(field.name, field.default)
             flag = "--" + field.name.replace("_", "-")
             if field.type in ("bool", bool):

@@ -28,12 +28,12 @@ MASK_VALUE = -1.0e4
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    vocab_size: int = 8192
+    vocab_size: int = 16384
     max_seq_len: int = 512
     d_model: int = 128
     n_layers: int = 2
     n_heads: int = 4
-    d_ff: int = 512
+    d_ff: int = 256
     dropout: float = 0.1
     num_labels: int = 2
     pooling: str = "mean"  # mean | cls
