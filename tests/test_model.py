@@ -32,7 +32,7 @@ def test_shapes():
     assert keys[0].shape == values[1].shape == (9, 2, 32)  # (new, batch, kv_dim) position-major
 
 
-@pytest.mark.parametrize("pooling", ["mean", "cls"])
+@pytest.mark.parametrize("pooling", ["mean", "cls", "meanmax"])
 def test_padding_does_not_change_the_prediction(pooling):
     torch.manual_seed(0)
     cfg = config_from_dict({**config_to_dict(TINY_CLS), "pooling": pooling})

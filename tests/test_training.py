@@ -20,7 +20,7 @@ def _task(seed=0):
     rng = random.Random(seed)
     seqs = [[rng.randrange(3, 50) for _ in range(rng.randint(2, 20))] for _ in range(40)]
     labels = [int(sum(s) % 2) for s in seqs]
-    return ImdbTask(seqs[:30], labels[:30], seqs[30:], labels[30:], pad_id=0)
+    return ImdbTask(seqs[:30], labels[:30], seqs[30:], labels[30:], pad_id=0, word_dropout=0.2)
 
 
 def _weights(path):

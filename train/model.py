@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from common.errors import ToolkitError
 
+POOLINGS = ("mean", "cls", "meanmax")
 # Large enough to zero a softmax weight, small enough for FP16 (max 65504) after adding scores.
 MASK_VALUE = -1.0e4
 
@@ -36,7 +37,7 @@ class ClassifierConfig:
     d_ff: int = 256
     dropout: float = 0.1
     num_labels: int = 2
-    pooling: str = "mean"  # mean | cls
+    pooling: str = "mean"  # mean | cls | meanmax (masked mean and max, concatenated)
     head: str = "linear"  # linear | mlp
     feature_dim: int = 0  # > 0: inputs are continuous features (batch, seq, feature_dim)
     pad_id: int = 0
@@ -45,8 +46,8 @@ class ClassifierConfig:
 
     def __post_init__(self):
         _check_common(self)
-        if self.pooling not in ("mean", "cls"):
-            raise ToolkitError(f"pooling={self.pooling!r}: expected 'mean' or 'cls'")
+        if self.pooling not in POOLINGS:
+            raise ToolkitError(f"pooling={self.pooling!r}: expected one of {POOLINGS}")
         if self.head not in ("linear", "mlp"):
             raise ToolkitError(f"head={self.head!r}: expected 'linear' or 'mlp'")
         if self.num_labels < 2:
@@ -180,15 +181,16 @@ class EncoderClassifier(nn.Module):
             Block(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout) for _ in range(cfg.n_layers)
         )
         self.ln_final = nn.LayerNorm(cfg.d_model)
+        pooled_dim = 2 * cfg.d_model if cfg.pooling == "meanmax" else cfg.d_model
         if cfg.head == "mlp":
             self.head = nn.Sequential(
-                nn.Linear(cfg.d_model, cfg.d_model),
+                nn.Linear(pooled_dim, cfg.d_model),
                 nn.GELU(),
                 nn.Dropout(cfg.dropout),
                 nn.Linear(cfg.d_model, cfg.num_labels),
             )
         else:
-            self.head = nn.Linear(cfg.d_model, cfg.num_labels)
+            self.head = nn.Linear(pooled_dim, cfg.num_labels)
         self.apply(_init_weights)
 
     def forward(self, inputs, attention_mask):
@@ -203,10 +205,12 @@ class EncoderClassifier(nn.Module):
             x = block(x, bias)
         x = self.ln_final(x)  # (batch, seq, d_model)
         if self.cfg.pooling == "cls":
-            pooled = x[:, 0]
-        else:
-            weights = mask.unsqueeze(-1)  # (batch, seq, 1)
-            pooled = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+            return self.head(x[:, 0])
+        weights = mask.unsqueeze(-1)  # (batch, seq, 1)
+        pooled = (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        if self.cfg.pooling == "meanmax":  # max over real tokens only: padding gets MASK_VALUE
+            peak = (x + (1.0 - weights) * MASK_VALUE).amax(dim=1)
+            pooled = torch.cat([pooled, peak], dim=-1)  # (batch, 2 * d_model)
         return self.head(pooled)
 
 
