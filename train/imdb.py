@@ -20,7 +20,7 @@ from train.cli_options import build, dataclass_options
 from train.evaluate import evaluate_classifier
 from train.model import ClassifierConfig
 from train.tokenizer import gpt2_tokenizer, load_tokenizer, save_tokenizer, special_ids, train_bpe
-from train.trainer import TrainConfig, train
+from train.trainer import TrainConfig, report_run, train
 
 LABELS = ["negative", "positive"]
 # Chosen on the real data (README, "Measured"): 4 epochs take about 15 minutes on 2 cores.
@@ -160,26 +160,7 @@ def main(data_source, out_dir, val_size, gpt2_dir, limit, word_dropout, resume, 
     task = ImdbTask(encoded, tr_labels, val_encoded, val_labels, pad_id, word_dropout)
     summary = train(task, model_cfg, train_cfg, out_dir, resume=resume,
                     task_config={"word_dropout": word_dropout, "labels": LABELS})
-    _finish(out_dir, summary)
-
-
-def _finish(out_dir: Path, summary) -> None:
-    from train.plots import plot_history
-
-    pngs = plot_history({"kind": "classifier", "epochs": summary["history"]}, out_dir)
-    print(
-        f"trained {summary['steps']} steps in {summary['elapsed_s']:.0f} s; "
-        f"best held-out accuracy {summary['best_score']:.4f}"
-    )
-    for path in [
-        out_dir / "best.pt",
-        out_dir / "last.pt",
-        out_dir / TOKENIZER_FILE,
-        out_dir / "history.json",
-        *pngs,
-    ]:
-        if Path(path).exists():
-            print(f"  wrote {path}")
+    report_run(out_dir, summary, "classifier")
 
 
 if __name__ == "__main__":

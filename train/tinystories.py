@@ -15,13 +15,12 @@ import torch.nn.functional as F
 from common.errors import ToolkitError, exit_on_toolkit_error
 from train import data as datasets_
 from train.batching import lm_batch, lm_token_stream, lm_train_batches, lm_windows_per_epoch
-from train.checkpoint import TOKENIZER_FILE
 from train.cli_options import build, dataclass_options
 from train.evaluate import evaluate_lm
 from train.imdb import prepare_tokenizer
 from train.model import DecoderConfig
 from train.tokenizer import special_ids
-from train.trainer import TrainConfig, train
+from train.trainer import TrainConfig, report_run, train
 
 TRAIN_DEFAULTS = dict(epochs=3, batch_size=16, lr=2e-3, warmup_steps=100, weight_decay=0.1)
 TRAIN_SEQ_LEN = 256  # window length in training; the model's context (max_seq_len) may be longer
@@ -112,19 +111,7 @@ def main(data_source, out_dir, val_stories, seq_len, gpt2_dir, limit, resume, **
         resume=resume,
         task_config={"seq_len": seq_len},
     )
-    from train.plots import plot_history
-
-    pngs = plot_history({"kind": "decoder", "epochs": summary["history"]}, out_dir)
-    print(f"trained {summary['steps']} steps in {summary['elapsed_s']:.0f} s")
-    for path in [
-        out_dir / "best.pt",
-        out_dir / "last.pt",
-        out_dir / TOKENIZER_FILE,
-        out_dir / "history.json",
-        *pngs,
-    ]:
-        if Path(path).exists():
-            print(f"  wrote {path}")
+    report_run(out_dir, summary, "decoder")
 
 
 if __name__ == "__main__":

@@ -283,3 +283,16 @@ def _maybe_wandb(model_config, cfg, log):
         project="jetson-transformer-toolkit",
         config={"model": asdict(model_config), "train": asdict(cfg)},
     )
+
+
+def report_run(out_dir: Path, summary: Dict[str, Any], kind: str, log=print) -> None:
+    """Draw the curves and list what the run left in out_dir."""
+    from train.checkpoint import TOKENIZER_FILE
+    from train.plots import plot_history
+
+    pngs = plot_history({"kind": kind, "epochs": summary["history"]}, out_dir)
+    log(f"trained {summary['steps']} steps in {summary['elapsed_s']:.0f} s")
+    names = ["best.pt", "last.pt", TOKENIZER_FILE, "history.json"]
+    for path in [out_dir / name for name in names] + pngs:
+        if path.exists():
+            log(f"  wrote {path}")
