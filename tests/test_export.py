@@ -91,6 +91,26 @@ def test_classifier_export_with_parity_on_texts(tmp_path, tiny_classifier_checkp
     assert any(c["source"] == "text" and c["batch"] == 3 for c in parity["cases"])
 
 
+def test_classifier_with_ngram_convolution_exports_with_parity(tmp_path):
+    import torch
+
+    from export.onnx_model import export_checkpoint
+    from train.checkpoint import TOKENIZER_FILE, save_checkpoint
+    from train.model import ClassifierConfig, build_model
+    from train.tokenizer import save_tokenizer, train_bpe
+
+    tok = train_bpe(["the film was very good", "awful story, not good at all"] * 20, 300)
+    save_tokenizer(tok, tmp_path / TOKENIZER_FILE)
+    cfg = ClassifierConfig(vocab_size=tok.get_vocab_size(), max_seq_len=64, d_model=32,
+                           n_layers=1, n_heads=4, d_ff=64, pooling="meanmax", ngram_width=3)
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "best.pt", cfg, build_model(cfg))
+    out = export_checkpoint(checkpoint, tmp_path / "imdb.onnx", max_batch=4,
+                            parity_texts=["the film was very good", "not good"])
+    parity = load_onnx_sidecar(out)["parity"]
+    assert parity["max_abs_diff"] < 1e-4 and len(parity["cases"]) > 5
+
+
 def test_parity_catches_a_different_model(tiny_classifier_onnx, tiny_classifier_checkpoint):
     from export.parity import check_classifier_parity
     from train.checkpoint import load_checkpoint

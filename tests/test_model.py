@@ -32,10 +32,12 @@ def test_shapes():
     assert keys[0].shape == values[1].shape == (9, 2, 32)  # (new, batch, kv_dim) position-major
 
 
-@pytest.mark.parametrize("pooling", ["mean", "cls", "meanmax"])
-def test_padding_does_not_change_the_prediction(pooling):
+@pytest.mark.parametrize("pooling,ngram_width", [("mean", 0), ("cls", 0), ("meanmax", 0),
+                                                 ("meanmax", 3), ("mean", 5)])
+def test_padding_does_not_change_the_prediction(pooling, ngram_width):
     torch.manual_seed(0)
-    cfg = config_from_dict({**config_to_dict(TINY_CLS), "pooling": pooling})
+    cfg = config_from_dict({**config_to_dict(TINY_CLS), "pooling": pooling,
+                            "ngram_width": ngram_width})
     clf = EncoderClassifier(cfg).eval()
     ids = torch.randint(3, 97, (1, 13))
     plain = clf(ids, torch.ones(1, 13))
@@ -100,3 +102,20 @@ def test_continuous_features_are_projected_instead_of_embedded():
     padded = torch.cat([features, torch.randn(2, 4, 5)], dim=1)  # garbage in padded positions
     mask = torch.cat([torch.ones(2, 9), torch.zeros(2, 4)], dim=1)
     torch.testing.assert_close(clf(padded, mask), plain, atol=1e-5, rtol=1e-5)
+
+
+def test_ngram_convolution_sees_neighbours_only_within_its_width():
+    torch.manual_seed(0)
+    cfg = config_from_dict({**config_to_dict(TINY_CLS), "ngram_width": 3, "n_layers": 1})
+    clf = EncoderClassifier(cfg).eval()
+    ids = torch.randint(3, 97, (1, 12))
+    changed = ids.clone()
+    changed[0, 5] = (ids[0, 5] + 1) % 94 + 3
+    with torch.no_grad():
+        x_ids = clf.embed(ids) + clf.pos.weight[:12]
+        x_changed = clf.embed(changed) + clf.pos.weight[:12]
+        mixed = [x + clf.ngram(x.transpose(1, 2)).transpose(1, 2) for x in (x_ids, x_changed)]
+    moved = (mixed[0] - mixed[1]).abs().amax(dim=-1)[0]  # (seq,)
+    assert (moved[4:7] > 0).all() and (moved[:4] == 0).all() and (moved[7:] == 0).all()
+    with pytest.raises(ToolkitError, match="ngram_width=2"):
+        config_from_dict({**config_to_dict(TINY_CLS), "ngram_width": 2})

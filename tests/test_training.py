@@ -10,7 +10,7 @@ from train.checkpoint import load_checkpoint, save_checkpoint
 from train.imdb import ImdbTask
 from train.model import ClassifierConfig, DecoderConfig, build_model
 from train.tokenizer import load_tokenizer, save_tokenizer, special_ids, train_bpe
-from train.trainer import TrainConfig, train
+from train.trainer import TrainConfig, mixed_precision_dtype, train
 
 CFG = ClassifierConfig(vocab_size=50, max_seq_len=32, d_model=16, n_layers=1, n_heads=2,
                        d_ff=32, dropout=0.2)
@@ -27,8 +27,10 @@ def _weights(path):
     return load_checkpoint(path).model.state_dict()
 
 
-def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
-    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, warmup_steps=2, threads=1)
+@pytest.mark.parametrize("cpu_bf16", [False, True])
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, cpu_bf16):
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, warmup_steps=2, threads=1,
+                      cpu_bf16=cpu_bf16)
     steps_per_epoch = _task().steps_per_epoch(4)  # 8: 30 examples in batches of 4
     quiet = lambda msg: None
     full = train(_task(), CFG, cfg, tmp_path / "full", log=quiet)
@@ -87,3 +89,18 @@ def test_tokenizer_round_trip_and_special_ids(tmp_path):
     assert special_ids(loaded) == {"pad_id": 0, "eos_id": 1, "cls_id": 2}
     with pytest.raises(ToolkitError, match="not found"):
         load_tokenizer(tmp_path / "nope.json")
+
+
+def test_cpu_bf16_is_used_only_where_asked_and_native():
+    cpu = torch.device("cpu")
+    assert mixed_precision_dtype(cpu, TrainConfig(cpu_bf16=False)) is None
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    expected = torch.bfloat16 if native else None
+    assert mixed_precision_dtype(cpu, TrainConfig(cpu_bf16=True)) == expected
+
+
+def test_bf16_training_lowers_the_loss(tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-2, warmup_steps=2, threads=1, cpu_bf16=True)
+    result = train(_task(), CFG, cfg, tmp_path, log=lambda m: None)
+    losses = [row["train_loss"] for row in result["history"]]
+    assert losses[-1] < losses[0]

@@ -27,6 +27,8 @@ LABELS = ["negative", "positive"]
 TRAIN_DEFAULTS = dict(epochs=3, batch_size=32, lr=2e-3, warmup_steps=200, weight_decay=0.1)
 MODEL_DEFAULTS = dict(dropout=0.2, pooling="meanmax")
 WORD_DROPOUT = 0.3
+PRETRAIN_EPOCHS = 0
+MASK_RATE = 0.15
 DERIVED_FIELDS = ("num_labels", "feature_dim", "pad_id")  # set from the data and tokenizer
 
 
@@ -124,12 +126,19 @@ def prepare_tokenizer(
 @click.option("--limit", type=int, default=0, help="use only the first N training reviews")
 @click.option("--word-dropout", type=float, default=WORD_DROPOUT,
               help="fraction of tokens hidden from each training review")
+@click.option("--pretrain-epochs", type=int, default=PRETRAIN_EPOCHS,
+              help="epochs of masked-LM pretraining on the training reviews first (0: none)")
+@click.option("--mask-rate", type=float, default=MASK_RATE,
+              help="fraction of tokens masked in pretraining")
 @click.option("--resume", is_flag=True, help="continue from OUT_DIR/last.pt")
 @dataclass_options(ClassifierConfig, MODEL_DEFAULTS, exclude=DERIVED_FIELDS)
 @dataclass_options(TrainConfig, TRAIN_DEFAULTS)
 @exit_on_toolkit_error
-def main(data_source, out_dir, val_size, gpt2_dir, limit, word_dropout, resume, **options):
+def main(data_source, out_dir, val_size, gpt2_dir, limit, word_dropout, pretrain_epochs,
+         mask_rate, resume, **options):
     """Train the encoder classifier on IMDB (or the generated sample) and keep the best epoch."""
+    check_fraction("--word-dropout", word_dropout)
+    check_fraction("--mask-rate", mask_rate)
     source = datasets_.resolve_data_source(data_source)
     print(datasets_.describe_source(source, "IMDB"))
     texts, labels = datasets_.imdb_splits(source)["train"]
@@ -155,12 +164,37 @@ def main(data_source, out_dir, val_size, gpt2_dir, limit, word_dropout, resume, 
         f"tokenized {len(encoded)} train / {len(val_encoded)} held-out reviews in "
         f"{time.time() - started:.1f} s"
     )
-    if not 0.0 <= word_dropout < 1.0:
-        raise ToolkitError(f"--word-dropout {word_dropout}: expected a value in [0, 1)")
+    init_from = None
+    if pretrain_epochs > 0:
+        init_from = pretrain(encoded, val_encoded, model_cfg, train_cfg, out_dir / "pretrain",
+                             pretrain_epochs, mask_rate, resume)
     task = ImdbTask(encoded, tr_labels, val_encoded, val_labels, pad_id, word_dropout)
-    summary = train(task, model_cfg, train_cfg, out_dir, resume=resume,
-                    task_config={"word_dropout": word_dropout, "labels": LABELS})
+    task_config = {"word_dropout": word_dropout, "labels": LABELS,
+                   "pretrain_epochs": pretrain_epochs, "mask_rate": mask_rate}
+    resume_finetune = resume and (out_dir / "last.pt").is_file()
+    summary = train(task, model_cfg, train_cfg, out_dir, resume=resume_finetune,
+                    task_config=task_config, init_from=init_from)
     report_run(out_dir, summary, "classifier")
+
+
+def check_fraction(option: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ToolkitError(f"{option} {value}: expected a value in [0, 1)")
+
+
+def pretrain(encoded, val_encoded, model_cfg, train_cfg, pretrain_dir: Path, epochs: int,
+             mask_rate: float, resume: bool) -> Path:
+    """Masked-LM pretraining on the training reviews; -> the checkpoint to fine-tune from."""
+    from train.pretrain import MaskedLmTask
+
+    print(f"pretraining: masked LM on the training reviews, {epochs} epochs -> {pretrain_dir}")
+    task = MaskedLmTask(encoded, val_encoded, model_cfg.pad_id, model_cfg.vocab_size, mask_rate)
+    cfg = dataclasses.replace(train_cfg, epochs=epochs)
+    summary = train(task, model_cfg, cfg, pretrain_dir,
+                    resume=resume and (pretrain_dir / "last.pt").is_file(),
+                    task_config={"mask_rate": mask_rate})
+    report_run(pretrain_dir, summary, "pretrain")
+    return pretrain_dir / "last.pt"
 
 
 if __name__ == "__main__":

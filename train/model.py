@@ -41,6 +41,9 @@ class ClassifierConfig:
     head: str = "linear"  # linear | mlp
     feature_dim: int = 0  # > 0: inputs are continuous features (batch, seq, feature_dim)
     pad_id: int = 0
+    # > 0: a Conv1d of this (odd) width over the input embeddings, added to them, so every
+    # position starts with its n-gram ("not good") instead of learning it through attention.
+    ngram_width: int = 0
 
     kind = "classifier"
 
@@ -52,6 +55,8 @@ class ClassifierConfig:
             raise ToolkitError(f"head={self.head!r}: expected 'linear' or 'mlp'")
         if self.num_labels < 2:
             raise ToolkitError(f"num_labels={self.num_labels}: expected at least 2")
+        if self.ngram_width < 0 or (self.ngram_width and self.ngram_width % 2 == 0):
+            raise ToolkitError(f"ngram_width={self.ngram_width}: expected 0 (off) or odd")
 
 
 @dataclass(frozen=True)
@@ -176,6 +181,10 @@ class EncoderClassifier(nn.Module):
         else:
             self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+        self.ngram = None
+        if cfg.ngram_width:
+            width = cfg.ngram_width
+            self.ngram = nn.Conv1d(cfg.d_model, cfg.d_model, width, padding=width // 2)
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
             Block(cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout) for _ in range(cfg.n_layers)
@@ -193,17 +202,27 @@ class EncoderClassifier(nn.Module):
             self.head = nn.Linear(pooled_dim, cfg.num_labels)
         self.apply(_init_weights)
 
-    def forward(self, inputs, attention_mask):
-        """inputs: (batch, seq) token ids, or (batch, seq, feature_dim) float features.
-        attention_mask: (batch, seq), 1 for real tokens, 0 for padding. Returns (batch, labels)."""
+    def encode(self, inputs, attention_mask):
+        """-> (batch, seq, d_model): the final-normed hidden state of every position (what the
+        pooling reads, and what masked-LM pretraining predicts tokens from)."""
         seq_len = inputs.shape[1]
         mask = attention_mask.to(torch.float32)  # (batch, seq)
         x = self.embed(inputs) + self.pos.weight[:seq_len].unsqueeze(0)
+        if self.ngram is not None:
+            # Padding zeroed first: a real token's n-gram must not see the pad embedding.
+            real = x * mask.unsqueeze(-1)  # (batch, seq, d_model)
+            x = x + self.ngram(real.transpose(1, 2)).transpose(1, 2)
         x = self.dropout(x)
         bias = ((1.0 - mask) * MASK_VALUE)[:, None, None, :]  # (batch, 1, 1, seq) over keys
         for block in self.blocks:
             x = block(x, bias)
-        x = self.ln_final(x)  # (batch, seq, d_model)
+        return self.ln_final(x)
+
+    def forward(self, inputs, attention_mask):
+        """inputs: (batch, seq) token ids, or (batch, seq, feature_dim) float features.
+        attention_mask: (batch, seq), 1 for real tokens, 0 for padding. Returns (batch, labels)."""
+        x = self.encode(inputs, attention_mask)  # (batch, seq, d_model)
+        mask = attention_mask.to(torch.float32)  # (batch, seq)
         if self.cfg.pooling == "cls":
             return self.head(x[:, 0])
         weights = mask.unsqueeze(-1)  # (batch, seq, 1)

@@ -1,7 +1,8 @@
 """The training loop shared by both models.
 
-AdamW, linear warmup then cosine decay, gradient clipping, mixed precision on CUDA, evaluation
-each epoch, best-checkpoint selection, history JSON and curves, optional Weights & Biases.
+AdamW, linear warmup then cosine decay, gradient clipping, mixed precision (fp16 on CUDA, bf16
+on CPUs that have it), evaluation each epoch, best-checkpoint selection, history JSON and curves,
+optional Weights & Biases.
 
 Exact resume: batches are a function of (seed, epoch) and the schedule of the total step count,
 and a checkpoint holds model, optimizer, scheduler, grad-scaler and RNG states; so N steps,
@@ -37,7 +38,11 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # CPU threads for torch; 0 = all cores
     max_steps: int = 0  # stop (and save last.pt) after this many steps in total; 0 = no limit
-    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    amp: bool = True  # fp16 mixed precision on CUDA
+    # bf16 autocast on CPUs with native bf16 (AVX512-BF16, AMX). Measured on 2 Zen 4 cores: the
+    # TinyStories decoder trains 2.3x faster; the small IMDB classifier only 6% faster and a little
+    # worse per epoch, so it stays opt-in per task.
+    cpu_bf16: bool = False
 
 
 class Task(Protocol):
@@ -97,6 +102,7 @@ class _Run:
     scaler: Any
     steps_per_epoch: int
     task_config: Dict[str, Any]
+    autocast_dtype: Optional[torch.dtype]  # None: train in fp32
     step: int = 0
     best_score: float = -math.inf
     history: List[Dict[str, Any]] = field(default_factory=list)
@@ -122,14 +128,17 @@ class _Run:
 
     def train_epoch(self, epoch: int, stop_at: int) -> float:
         """Run the rest of ``epoch`` (all of it unless resuming mid-epoch); mean loss."""
-        cfg, use_amp = self.cfg, self.scaler.is_enabled()
+        cfg, autocast_dtype = self.cfg, self.autocast_dtype
         done = self.step - epoch * self.steps_per_epoch
         batches = self.task.batches(cfg.batch_size, cfg.seed, epoch)[done:]
         self.model.train()
         running, seen = 0.0, 0
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", mininterval=2.0, leave=False)
         for batch in bar:
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
+            with torch.autocast(
+                self.device.type, dtype=autocast_dtype or torch.float32,
+                enabled=autocast_dtype is not None,
+            ):
                 loss = self.task.loss(self.model, batch, self.device)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
@@ -178,18 +187,24 @@ def train(
     resume: bool = False,
     log: Callable[[str], None] = print,
     task_config: Optional[Dict[str, Any]] = None,
+    init_from: Optional[Path] = None,
 ) -> Dict[str, Any]:
     """Train, evaluate each epoch, keep best.pt and last.pt in out_dir; returns the summary.
 
-    task_config (e.g. the LM's training window) is saved in the checkpoint's train_config."""
+    task_config (e.g. the LM's training window) is saved in the checkpoint's train_config.
+    init_from: a checkpoint (e.g. from pretraining) whose weights replace the random init;
+    a resumed run takes its weights from last.pt instead."""
     run = _start(task, model_config, cfg, Path(out_dir), task_config or {})
     if resume:
         _resume(run, run.out_dir / "last.pt", log)
+    elif init_from is not None:
+        _load_weights(run, Path(init_from), log)
     total_steps = cfg.epochs * run.steps_per_epoch
     log(
         f"{model_config.kind}: {count_parameters(run.model):,} parameters, "
         f"{run.steps_per_epoch} steps/epoch, {total_steps} steps, device {run.device}, "
-        f"threads {torch.get_num_threads()}"
+        f"threads {torch.get_num_threads()}, "
+        f"precision {'mixed ' + str(run.autocast_dtype)[6:] if run.autocast_dtype else 'fp32'}"
     )
     wandb_run = _maybe_wandb(model_config, cfg, log)
     started = time.time() - (run.history[-1]["elapsed_s"] if run.history else 0.0)
@@ -233,6 +248,7 @@ def _start(task, model_config, cfg: TrainConfig, out_dir: Path, task_config) -> 
     schedule = lr_lambda(cfg.warmup_steps, cfg.epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
+    autocast_dtype = mixed_precision_dtype(device, cfg)
     return _Run(
         task,
         model_config,
@@ -245,14 +261,35 @@ def _start(task, model_config, cfg: TrainConfig, out_dir: Path, task_config) -> 
         scaler,
         steps_per_epoch,
         task_config,
+        autocast_dtype,
     )
 
 
-def _resume(run: _Run, path: Path, log) -> None:
+def mixed_precision_dtype(device: torch.device, cfg: TrainConfig) -> Optional[torch.dtype]:
+    """fp16 (with a grad scaler) on CUDA; bf16 on CPUs that compute it natively, where oneDNN
+    runs the decoder's matmuls 2.3x faster than fp32 (5.7k -> 12.9k tokens/s). Elsewhere CPU
+    bf16 is emulated and slower than fp32, so the option is ignored there."""
+    if device.type == "cuda":
+        return torch.float16 if cfg.amp else None
+    mkldnn_bf16 = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if cfg.cpu_bf16 and device.type == "cpu" and mkldnn_bf16 is not None and mkldnn_bf16():
+        return torch.bfloat16
+    return None
+
+
+def _load_weights(run: _Run, path: Path, log) -> Any:
     ckpt = load_checkpoint(path, kind=run.model_config.kind)
     if ckpt.config != run.model_config:
-        raise ToolkitError(f"{path} was trained with another model config; resume needs the same")
+        raise ToolkitError(
+            f"{path} was trained with another model config; expected {run.model_config}"
+        )
     run.model.load_state_dict(ckpt.model.state_dict())
+    log(f"initialised from {path}")
+    return ckpt
+
+
+def _resume(run: _Run, path: Path, log) -> None:
+    ckpt = _load_weights(run, path, lambda _: None)
     try:
         run.optimizer.load_state_dict(ckpt.state["optimizer"])
         run.scheduler.load_state_dict(ckpt.state["scheduler"])
