@@ -104,7 +104,9 @@ def test_classifier_with_ngram_convolution_exports_with_parity(tmp_path):
     cfg = ClassifierConfig(vocab_size=tok.get_vocab_size(), max_seq_len=64, d_model=32,
                            n_layers=1, n_heads=4, d_ff=64, pooling="meanmax", ngram_width=3)
     torch.manual_seed(0)
-    checkpoint = save_checkpoint(tmp_path / "best.pt", cfg, build_model(cfg))
+    model = build_model(cfg)
+    torch.nn.init.normal_(model.ngram.weight, std=0.1)  # a trained one is not zero
+    checkpoint = save_checkpoint(tmp_path / "best.pt", cfg, model)
     out = export_checkpoint(checkpoint, tmp_path / "imdb.onnx", max_batch=4,
                             parity_texts=["the film was very good", "not good"])
     parity = load_onnx_sidecar(out)["parity"]

@@ -39,6 +39,8 @@ def test_padding_does_not_change_the_prediction(pooling, ngram_width):
     cfg = config_from_dict({**config_to_dict(TINY_CLS), "pooling": pooling,
                             "ngram_width": ngram_width})
     clf = EncoderClassifier(cfg).eval()
+    if ngram_width:
+        torch.nn.init.normal_(clf.ngram.weight, std=0.1)  # a trained one is not zero
     ids = torch.randint(3, 97, (1, 13))
     plain = clf(ids, torch.ones(1, 13))
     padded_ids = torch.cat([ids, torch.zeros(1, 20, dtype=torch.long)], dim=1)
@@ -108,6 +110,8 @@ def test_ngram_convolution_sees_neighbours_only_within_its_width():
     torch.manual_seed(0)
     cfg = config_from_dict({**config_to_dict(TINY_CLS), "ngram_width": 3, "n_layers": 1})
     clf = EncoderClassifier(cfg).eval()
+    assert clf.ngram.weight.abs().sum() == 0  # starts as the plain encoder
+    torch.nn.init.normal_(clf.ngram.weight)
     ids = torch.randint(3, 97, (1, 12))
     changed = ids.clone()
     changed[0, 5] = (ids[0, 5] + 1) % 94 + 3

@@ -201,6 +201,11 @@ class EncoderClassifier(nn.Module):
         else:
             self.head = nn.Linear(pooled_dim, cfg.num_labels)
         self.apply(_init_weights)
+        if self.ngram is not None:
+            # Zero: training starts from the plain encoder. With the default init the n-gram noise
+            # held IMDB at 63% held-out accuracy after one epoch (85% without the convolution).
+            nn.init.zeros_(self.ngram.weight)
+            nn.init.zeros_(self.ngram.bias)
 
     def encode(self, inputs, attention_mask):
         """-> (batch, seq, d_model): the final-normed hidden state of every position (what the
