@@ -164,14 +164,14 @@ def main(data_source, out_dir, val_size, gpt2_dir, limit, word_dropout, pretrain
         f"tokenized {len(encoded)} train / {len(val_encoded)} held-out reviews in "
         f"{time.time() - started:.1f} s"
     )
+    resume_finetune = resume and (out_dir / "last.pt").is_file()
     init_from = None
-    if pretrain_epochs > 0:
+    if pretrain_epochs > 0 and not resume_finetune:  # a started fine-tune has its own weights
         init_from = pretrain(encoded, val_encoded, model_cfg, train_cfg, out_dir / "pretrain",
                              pretrain_epochs, mask_rate, resume)
     task = ImdbTask(encoded, tr_labels, val_encoded, val_labels, pad_id, word_dropout)
     task_config = {"word_dropout": word_dropout, "labels": LABELS,
                    "pretrain_epochs": pretrain_epochs, "mask_rate": mask_rate}
-    resume_finetune = resume and (out_dir / "last.pt").is_file()
     summary = train(task, model_cfg, train_cfg, out_dir, resume=resume_finetune,
                     task_config=task_config, init_from=init_from)
     report_run(out_dir, summary, "classifier")

@@ -204,7 +204,7 @@ def train(
         f"{model_config.kind}: {count_parameters(run.model):,} parameters, "
         f"{run.steps_per_epoch} steps/epoch, {total_steps} steps, device {run.device}, "
         f"threads {torch.get_num_threads()}, "
-        f"precision {'mixed ' + str(run.autocast_dtype)[6:] if run.autocast_dtype else 'fp32'}"
+        f"precision {_precision_name(run.autocast_dtype)}"
     )
     wandb_run = _maybe_wandb(model_config, cfg, log)
     started = time.time() - (run.history[-1]["elapsed_s"] if run.history else 0.0)
@@ -275,6 +275,12 @@ def mixed_precision_dtype(device: torch.device, cfg: TrainConfig) -> Optional[to
     if cfg.cpu_bf16 and device.type == "cpu" and mkldnn_bf16 is not None and mkldnn_bf16():
         return torch.bfloat16
     return None
+
+
+def _precision_name(autocast_dtype: Optional[torch.dtype]) -> str:
+    if autocast_dtype is None:
+        return "fp32"
+    return "mixed " + str(autocast_dtype).replace("torch.", "")
 
 
 def _load_weights(run: _Run, path: Path, log) -> Any:
