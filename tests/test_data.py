@@ -59,6 +59,17 @@ def test_local_imdb_cleans_br_tags_and_keeps_unicode_line_separators(tmp_path):
     assert data.imdb_splits(str(tmp_path)) == splits
 
 
+@pytest.mark.parametrize("raw, cleaned", [
+    ("I think Robert De Niro was great, and Gotham AWFUL.",
+     "I think someone was great, and someone AWFUL."),
+    ("Awful. The plot, Batman Begins: no.", "Awful. The plot, someone: no."),  # starts stay
+    ("I loved it. I did.", "I loved it. I did."),
+])
+def test_names_become_one_placeholder_and_sentence_starts_stay(raw, cleaned):
+    assert data.clean_imdb_text(raw) == cleaned
+    assert data.clean_imdb_text(cleaned) == cleaned  # cleaning twice changes nothing
+
+
 def test_local_tinystories_splits_at_end_of_text_lines(tmp_path):
     folder = tmp_path / "tinystories"
     folder.mkdir()

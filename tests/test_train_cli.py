@@ -47,3 +47,20 @@ def test_bad_option_values_are_refused(tmp_path):
     result = CliRunner().invoke(imdb.main, ["--data", "sample", "--word-dropout", "1.5",
                                             "--out-dir", str(tmp_path), *TINY])
     assert result.exit_code == 2 and "--word-dropout" in result.output
+
+
+def test_holdout_is_the_last_reviews_of_each_label_so_movies_stay_apart():
+    labels = [1, 0] * 8 + [1] * 4  # the tail is one-sided: the quota walks back to the 0s
+    texts = [f"review {i}" for i in range(len(labels))]
+    tr_texts, tr_labels, val_texts, val_labels = imdb.split_holdout(texts, labels, 6)
+    assert val_labels.count(0) == val_labels.count(1) == 3
+    assert val_texts == ["review 11", "review 13", "review 15", "review 17", "review 18",
+                         "review 19"]
+    assert sorted(tr_texts + val_texts) == sorted(texts) and len(tr_labels) == len(labels) - 6
+
+
+@pytest.mark.parametrize("val_size, message", [(0, "expected 1..19"), (14, "too few reviews")])
+def test_impossible_holdout_names_the_option(val_size, message):
+    labels = [1] * 16 + [0] * 4
+    with pytest.raises(imdb.ToolkitError, match=f"--val-size {val_size}: .*{message}"):
+        imdb.split_holdout([str(i) for i in range(20)], labels, val_size)

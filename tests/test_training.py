@@ -104,3 +104,28 @@ def test_bf16_training_lowers_the_loss(tmp_path):
     result = train(_task(), CFG, cfg, tmp_path, log=lambda m: None)
     losses = [row["train_loss"] for row in result["history"]]
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "meanmax", "cls"])
+def test_removing_hidden_words_computes_what_masking_them_does(pooling):
+    from train.batching import pad_batch
+    from train.imdb import drop_words, remove_hidden_tokens
+
+    torch.manual_seed(0)
+    cfg = ClassifierConfig(vocab_size=50, max_seq_len=32, d_model=16, n_layers=2, n_heads=2,
+                           d_ff=32, dropout=0.0, pooling=pooling)
+    model = build_model(cfg).eval()
+    rng = random.Random(0)
+    seqs = [[rng.randrange(3, 50) for _ in range(n)] for n in (25, 9, 3, 17)]
+    ids, mask = pad_batch(seqs, 0)
+    hidden = drop_words(mask, 0.6)
+    short_ids, short_mask, positions = remove_hidden_tokens(ids, hidden)
+    assert short_ids.shape[1] == int(hidden.sum(dim=1).max()) < ids.shape[1]
+    for row in range(len(seqs)):  # the kept tokens, in order, at their original positions
+        kept = hidden[row].nonzero().flatten()
+        n = len(kept)
+        assert positions[row, :n].tolist() == kept.tolist()
+        assert short_ids[row, :n].tolist() == ids[row, kept].tolist()
+        assert short_mask[row].tolist() == [1] * n + [0] * (short_ids.shape[1] - n)
+    torch.testing.assert_close(model(short_ids, short_mask, positions), model(ids, hidden),
+                               atol=1e-5, rtol=1e-5)

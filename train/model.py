@@ -207,12 +207,18 @@ class EncoderClassifier(nn.Module):
             nn.init.zeros_(self.ngram.weight)
             nn.init.zeros_(self.ngram.bias)
 
-    def encode(self, inputs, attention_mask):
+    def encode(self, inputs, attention_mask, position_ids=None):
         """-> (batch, seq, d_model): the final-normed hidden state of every position (what the
-        pooling reads, and what masked-LM pretraining predicts tokens from)."""
+        pooling reads, and what masked-LM pretraining predicts tokens from).
+
+        position_ids (batch, seq) int64: where each token stood in its review, for training on
+        reviews whose dropped words were removed; None: 0, 1, 2, ... (the exported graph)."""
         seq_len = inputs.shape[1]
         mask = attention_mask.to(torch.float32)  # (batch, seq)
-        x = self.embed(inputs) + self.pos.weight[:seq_len].unsqueeze(0)
+        if position_ids is None:
+            x = self.embed(inputs) + self.pos.weight[:seq_len].unsqueeze(0)
+        else:
+            x = self.embed(inputs) + self.pos(position_ids)
         if self.ngram is not None:
             # Padding zeroed first: a real token's n-gram must not see the pad embedding.
             real = x * mask.unsqueeze(-1)  # (batch, seq, d_model)
@@ -223,10 +229,11 @@ class EncoderClassifier(nn.Module):
             x = block(x, bias)
         return self.ln_final(x)
 
-    def forward(self, inputs, attention_mask):
+    def forward(self, inputs, attention_mask, position_ids=None):
         """inputs: (batch, seq) token ids, or (batch, seq, feature_dim) float features.
-        attention_mask: (batch, seq), 1 for real tokens, 0 for padding. Returns (batch, labels)."""
-        x = self.encode(inputs, attention_mask)  # (batch, seq, d_model)
+        attention_mask: (batch, seq), 1 for real tokens, 0 for padding; position_ids: see
+        ``encode``. Returns (batch, labels)."""
+        x = self.encode(inputs, attention_mask, position_ids)  # (batch, seq, d_model)
         mask = attention_mask.to(torch.float32)  # (batch, seq)
         if self.cfg.pooling == "cls":
             return self.head(x[:, 0])
