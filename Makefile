@@ -28,7 +28,7 @@ MODEL_DATA = $(if $(filter stories,$(MODEL)),$(STORIES_DATA),$(IMDB_DATA))
 EPOCH_ARG = $(if $(EPOCHS),--epochs $(EPOCHS))
 
 # Small models for the sample-data demo: minutes on 2 CPU cores.
-DEMO_IMDB_ARGS ?= --epochs 2 --d-model 64 --n-layers 2 --n-heads 4 --d-ff 128 --max-seq-len 256 --vocab-size 2000 --val-size 200
+DEMO_IMDB_ARGS ?= --epochs 6 --d-model 64 --n-layers 2 --n-heads 4 --d-ff 128 --max-seq-len 256 --vocab-size 2000 --val-size 200
 DEMO_STORIES_ARGS ?= --epochs 2 --d-model 128 --n-layers 2 --n-heads 4 --d-ff 256 --max-seq-len 256 --vocab-size 2000 --seq-len 128 --val-stories 100
 
 .PHONY: setup demo train-imdb train-stories validate generate onnx calibrate engine bench test lint clean
