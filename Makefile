@@ -3,6 +3,8 @@
 #
 # Data: DATA=sample (default, generated, offline) | DATA=hub (Hugging Face) | DATA_DIR=folder
 #       IMDB_DATA / STORIES_DATA override per model (e.g. ../shared/data/imdb).
+# Device suite: make test-device PYTHON=python3.8 NUMPY="numpy<2" (JetPack 5.1), PYTHON=python3.10
+#               (JetPack 6): .venv-device from requirements/device.txt only, no torch.
 # Passthrough: EPOCHS=, TRAIN_ARGS= (any train option), MODEL=imdb|stories, PRECISION=, SPLIT=,
 #              MAX_DROP= (INT8 accuracy gate), BENCH_ARGS=, PROMPT=
 
@@ -31,7 +33,8 @@ EPOCH_ARG = $(if $(EPOCHS),--epochs $(EPOCHS))
 DEMO_IMDB_ARGS ?= --epochs 6 --d-model 64 --n-layers 2 --n-heads 4 --d-ff 128 --max-seq-len 256 --vocab-size 2000 --val-size 200
 DEMO_STORIES_ARGS ?= --epochs 2 --d-model 128 --n-layers 2 --n-heads 4 --d-ff 256 --max-seq-len 256 --vocab-size 2000 --seq-len 128 --val-stories 100
 
-.PHONY: setup demo train-imdb train-stories validate generate onnx calibrate engine bench test lint clean
+.PHONY: setup demo train-imdb train-stories validate generate onnx calibrate engine bench test \
+	test-device fixtures lint clean
 
 setup: $(STAMP)
 
@@ -100,9 +103,20 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# The device-side tests alone, in a venv a bare JetPack could have (tests/device/make_venv.sh).
+DEVICE_VENV ?= .venv-device
+NUMPY ?=
+test-device:
+	tests/device/make_venv.sh $(PYTHON) $(DEVICE_VENV) '$(NUMPY)'
+	$(DEVICE_VENV)/bin/python -m pytest -q tests/device
+
+# Rewrite the committed tiny models of the device suite (after a change to train/ or export/).
+fixtures: setup
+	$(PY) tests/fixtures/make_fixtures.py
+
 lint: setup
 	$(PY) -m ruff check .
 
 clean:
 	rm -rf checkpoints models results reports engines/*.plan engines/*.plan.json \
-		engines/*.timing.cache calibration/*.npz calibration/*.cache .pytest_cache
+		engines/*.timing.cache calibration/*.npz calibration/*.cache .pytest_cache .venv-device

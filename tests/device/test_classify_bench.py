@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+from tiny_data import load_reference
 
 from common.errors import ToolkitError
 
@@ -15,13 +16,6 @@ ort = pytest.importorskip("onnxruntime")
 LONG_REVIEW = " ".join(["the film was very good<br />and the story loved it"] * 20)
 TEXTS = ["great film", "awful<br /><br/>bad story", LONG_REVIEW, "", "the cat sat on the mat",
          "a " * 200, "not good not bad"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_classifier_checkpoint):
-    from train.tokenizer import load_tokenizer
-
-    return load_tokenizer(tiny_classifier_checkpoint.parent / "tokenizer.json")
 
 
 # --- tokenization parity with training -----------------------------------------------------
@@ -40,20 +34,6 @@ def test_head_tail_truncation_keeps_a_quarter_head_and_the_tail():
     assert truncate_head_tail(list(range(10)), 8) == [0, 1, 4, 5, 6, 7, 8, 9]
 
 
-@pytest.mark.parametrize("prepend_cls", [False, True])
-def test_classifier_encoding_agrees_with_training(tokenizer, prepend_cls):
-    from runtime.tokenization import clean_imdb_text, encode_classifier_texts
-    from train.batching import encode_texts
-    from train.data import clean_imdb_text as train_clean
-
-    assert [clean_imdb_text(t) for t in TEXTS] == [train_clean(t) for t in TEXTS]
-    expected = encode_texts(tokenizer, [train_clean(t) for t in TEXTS], 64, prepend_cls)
-    cls_id = tokenizer.token_to_id("<cls>") if prepend_cls else None
-    ours = encode_classifier_texts(tokenizer, TEXTS, 64, cls_id)
-    assert ours == expected
-    assert max(len(r) for r in ours) == 64  # the long review was truncated
-
-
 # --- classification -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def classifier(tiny_classifier_onnx):
@@ -63,6 +43,14 @@ def classifier(tiny_classifier_onnx):
     with session:
         yield clf
         clf.close()
+
+
+def test_logits_equal_the_pytorch_reference(classifier, tiny_classifier_onnx):
+    """PyTorch's logits for the reference texts, recorded when the fixture was made."""
+    reference = load_reference(tiny_classifier_onnx)
+    assert classifier.encode(reference["texts"]) == reference["token_ids"]
+    logits = classifier.logits_for_rows(reference["token_ids"])  # batched, right-padded
+    np.testing.assert_allclose(logits, np.array(reference["logits"]), atol=1e-5)
 
 
 def test_classify_equals_direct_onnxruntime(classifier, tiny_classifier_onnx):
@@ -206,15 +194,3 @@ def test_classifier_overhead_report(tiny_classifier_onnx, tmp_path):
     assert all(r["max_abs_logit_diff"] < 1e-5 and r["runtime"]["count"] == 3 for r in rows)
     path = write_report(tmp_path / "overhead.json", report)
     assert json.loads(path.read_text())["tool"] == "benchmarks/classifier_overhead.py"
-
-
-def test_decode_vs_torch_report(tiny_decoder_checkpoint, tiny_decoder_onnx):
-    from benchmarks.decode_vs_torch import compare
-
-    report = compare(str(tiny_decoder_checkpoint), str(tiny_decoder_onnx), "the cat",
-                     new_tokens=20, repeats=1, positions=[10, 400])
-    runtime_row, torch_row = report["results"]
-    assert runtime_row["tokens"] == torch_row["tokens"] == 20
-    assert report["greedy"]["all_equal"] and report["greedy"]["equal_prefix_tokens"] == 20
-    assert runtime_row["ms_at_10"] > 0 and runtime_row["ms_at_400"] is None  # context is 64
-    assert report["speedup"] > 0

@@ -3,7 +3,7 @@ import random
 
 import pytest
 import torch
-from conftest import tiny_texts
+from tiny_data import tiny_texts
 
 from common.errors import ToolkitError
 from train.checkpoint import load_checkpoint, save_checkpoint
