@@ -34,7 +34,7 @@ DEMO_IMDB_ARGS ?= --epochs 6 --d-model 64 --n-layers 2 --n-heads 4 --d-ff 128 --
 DEMO_STORIES_ARGS ?= --epochs 2 --d-model 128 --n-layers 2 --n-heads 4 --d-ff 256 --max-seq-len 256 --vocab-size 2000 --seq-len 128 --val-stories 100
 
 .PHONY: setup demo train-imdb train-stories validate generate onnx calibrate engine bench test \
-	test-device fixtures lint clean
+	test-device fixtures gpu-check jetson-setup lint clean
 
 setup: $(STAMP)
 
@@ -109,6 +109,14 @@ NUMPY ?=
 test-device:
 	tests/device/make_venv.sh $(PYTHON) $(DEVICE_VENV) '$(NUMPY)'
 	$(DEVICE_VENV)/bin/python -m pytest -q tests/device
+
+# x86 + NVIDIA GPU + CUDA toolkit: TensorRT wheels, engines of the tiny models, the device
+# suite's trt/gpu tests, results/gpu-check/summary.json. On a Jetson: jetson-setup instead.
+gpu-check:
+	bash jetson/gpu_check.sh
+
+jetson-setup:
+	bash jetson/setup.sh
 
 # Rewrite the committed tiny models of the device suite (after a change to train/ or export/).
 fixtures: setup
