@@ -7,6 +7,7 @@ importing torch. Standard library only, so it imports on the device (Python 3.8)
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -73,11 +74,37 @@ def load_onnx_sidecar(
         onnx_file = Path(onnx_path)
         if not onnx_file.is_file():
             raise ToolkitError(f"ONNX file not found: {onnx_file}")
-        if sha256_file(onnx_file) != data["onnx_sha256"]:
+        actual = cached_sha256(onnx_file)
+        if actual != data["onnx_sha256"]:
             raise ToolkitError(
-                f"{onnx_file} does not match its sidecar {path} (onnx_sha256 differs): re-export it"
+                f"{onnx_file} does not match its sidecar {path} (onnx_sha256 differs: the "
+                f"sidecar names {str(data['onnx_sha256'])[:12]}..., the file hashes to "
+                f"{actual[:12]}...; a stale sidecar from another export, or a replaced graph): "
+                "re-export the model"
             )
     return data
+
+
+# (real path, size, mtime_ns, inode) -> sha256: a graph reopened unchanged in this process is
+# not hashed again (about 24 ms per 23 MB here). A rewrite changes mtime or inode (our
+# atomic writes rename a new file in), which misses the cache. Filesystem clocks tick in
+# milliseconds, so a file modified in the last 2 s is not cached: an in-place rewrite of the
+# same size within one tick would otherwise keep its old hash (git's "racy" case).
+_SHA256_CACHE: Dict[Tuple[str, int, int, int], str] = {}
+_RACY_SECONDS = 2.0
+
+
+def cached_sha256(path: str | os.PathLike) -> str:
+    """sha256 of ``path``, remembered per (real path, size, mtime, inode) for this process."""
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    key = (real, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    digest = _SHA256_CACHE.get(key)
+    if digest is None:
+        digest = sha256_file(real)
+        if time.time() - stat.st_mtime > _RACY_SECONDS:
+            _SHA256_CACHE[key] = digest
+    return digest
 
 
 def validate_onnx_sidecar(data: Any, path: str | os.PathLike) -> None:

@@ -7,15 +7,15 @@ Polygraphy does the TensorRT work (``NetworkFromOnnxPath`` -> ``CreateConfig`` -
 engines/profiles.py), refuses what cannot work before the build starts, writes the plan
 atomically and records in ``<plan>.json`` everything the runtime needs to trust it
 (engines/manifest.py). Without TensorRT the CLI says in one line what is missing and which
-inputs are ready (exit code 2), so ``make engine`` on the host explains itself.
+inputs are ready (exit code 2), so ``make engine`` on the host explains itself. A failing build
+(Polygraphy raising, the builder returning no engine, a Polygraphy older than 0.49.26 on
+TensorRT 11, a TensorRT binding raising) is one line too (``call_build_step``).
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
-import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,8 +28,17 @@ import click
 
 from common.artifacts import load_onnx_sidecar, tokenizer_path
 from common.errors import ToolkitError, exit_on_toolkit_error
-from common.fileio import atomic_path, atomic_write_bytes, read_json, sha256_file
+from common.fileio import atomic_write_bytes, read_json, sha256_file
 from engines import trt_info
+from engines.build_steps import (
+    build_serialized,
+    check_polygraphy,
+    engine_io,
+    make_calibrator,
+    num_dla_cores,
+    polygraphy_version,
+    staged_copy,
+)
 from engines.builder_config import (
     INT8_SOURCES,
     PRECISIONS,
@@ -48,9 +57,6 @@ from engines.profiles import (
     parse_profile_option,
     parse_range,
 )
-
-TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT64": "int64",
-              "INT8": "int8", "UINT8": "uint8", "BOOL": "bool", "BF16": "bfloat16"}
 
 
 def model_name(onnx_path: str | os.PathLike) -> str:
@@ -138,23 +144,25 @@ def build_engine(
     profiles = profiles or build_profiles(sidecar)
     plan = plan_precision(options, version)
     check_opt_level(options.opt_level, version)
+    check_polygraphy(polygraphy_version(), version)
     if options.dla_core is not None:
-        jetson = trt_info.jetson_info()
-        check_dla(options, profiles, version, _num_dla_cores(), jetson and jetson["module"])
+        jetson = trt_info.jetson_info() or {}
+        check_dla(options, profiles, version, num_dla_cores(), jetson.get("module"),
+                  jetson.get("jetpack"))
     source = _network_source(onnx_path, sidecar, plan, qdq_onnx)
     calibration = _calibration_inputs(sidecar, plan, profiles, calib_npz, calib_cache)
 
     with contextlib.ExitStack() as stack:
-        timing_tmp = _staged_copy(stack, options.timing_cache)
-        cache_tmp = _staged_copy(stack, calibration.get("cache"))
-        calibrator = _calibrator(calibration, cache_tmp)
+        timing_tmp = staged_copy(stack, options.timing_cache)
+        cache_tmp = staged_copy(stack, calibration.get("cache"))
+        calibrator = make_calibrator(calibration, cache_tmp)
         # Polygraphy reads the timing cache from the staged copy too, so no lock file is left
         # beside the real one.
         reuse = options.timing_cache and Path(options.timing_cache).is_file()
         staged = replace(options, timing_cache=str(timing_tmp) if reuse else None)
         config = make_config_loader(staged, plan, profiles, calibrator,
                                     calibration.get("profile_index"))
-        engine_bytes, seconds = _build_serialized(source, plan, config, timing_tmp, plan_path,
+        engine_bytes, seconds = build_serialized(source, plan, config, timing_tmp, plan_path,
                                                   options.verbose)
         atomic_write_bytes(plan_path, engine_bytes)
     write_manifest(plan_path, _manifest_record(
@@ -175,12 +183,14 @@ def _manifest_record(onnx_path: Path, plan_path: Path, sidecar, version: str,
         "jetson": trt_info.jetson_info(),
         "precision": options.precision,
         "precision_plan": {"fp16_flag": plan.fp16_flag, "int8_flag": plan.int8_flag,
-                           "strongly_typed": plan.strongly_typed, "summary": plan.describe()},
+                           "strongly_typed": plan.strongly_typed, "tf32": bool(options.tf32),
+                           "summary": f"{plan.describe()}, TF32 {'on' if options.tf32 else 'off'}"},
+        "tf32": bool(options.tf32),
         "int8": _int8_record(plan, source, calibration),
         "profiles": [p.to_json() for p in profiles],
         "inputs": sidecar["inputs"],
         "outputs": sidecar["outputs"],
-        "engine_io": _engine_io(engine_bytes),
+        "engine_io": engine_io(engine_bytes),
         "onnx": {"path": str(onnx_path), "sha256": sha256_file(onnx_path)},
         "built_from": {"path": str(source), "sha256": sha256_file(source)},
         "sidecar": sidecar,
@@ -188,16 +198,9 @@ def _manifest_record(onnx_path: Path, plan_path: Path, sidecar, version: str,
         "build_options": options.to_json(),
         "accuracy_gate": accuracy_gate,
         "build_seconds": round(seconds, 3),
-        "polygraphy_version": _polygraphy_version(),
+        "polygraphy_version": polygraphy_version(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def _num_dla_cores() -> int:
-    import tensorrt as trt
-    from polygraphy.backend.trt import util as trt_util
-
-    return int(trt.Builder(trt_util.get_trt_logger()).num_DLA_cores)
 
 
 def _network_source(onnx_path: Path, sidecar, plan: PrecisionPlan, qdq_onnx) -> Path:
@@ -239,78 +242,6 @@ def _calibration_inputs(sidecar, plan: PrecisionPlan, profiles, calib_npz, calib
             "profile_index": calibration_profile_index(profiles)}
 
 
-def _staged_copy(stack: contextlib.ExitStack, path: Path | str | None) -> Path | None:
-    """A temp file beside ``path`` holding its current bytes, renamed over it if the build
-    succeeds: Polygraphy reads and extends the temp file, the real one changes atomically.
-    Without a previous file the temp file starts empty, which Polygraphy reads as no cache."""
-    if path is None:
-        return None
-    tmp = stack.enter_context(atomic_path(path))
-    if Path(path).is_file():
-        shutil.copyfile(path, tmp)
-    # Polygraphy locks the cache with "<file>.lock", which it never removes.
-    stack.callback(lambda: Path(f"{tmp}.lock").unlink() if Path(f"{tmp}.lock").exists() else None)
-    return tmp
-
-
-def _calibrator(calibration: Dict, cache_tmp: Path | None):
-    if not calibration:
-        return None
-    from polygraphy.backend.trt import Calibrator
-
-    # With no set (cache-only rebuild) TensorRT reads the cache and never asks for batches.
-    data = calibration.get("set") or []
-    return Calibrator(data, cache=str(cache_tmp) if cache_tmp is not None else None)
-
-
-def _build_serialized(source: Path, plan: PrecisionPlan, config, timing_tmp, plan_path: Path,
-                      verbose: bool) -> Tuple[bytes, float]:
-    from polygraphy.backend.trt import EngineBytesFromNetwork, NetworkFromOnnxPath
-    from polygraphy.exception import PolygraphyException
-    from polygraphy.logger import G_LOGGER
-
-    network_kwargs = {"strongly_typed": True} if plan.strongly_typed else {}
-    network = NetworkFromOnnxPath(str(source), **network_kwargs)
-    build = EngineBytesFromNetwork(network, config=config,
-                                   save_timing_cache=str(timing_tmp) if timing_tmp else None)
-    severity = G_LOGGER.EXTRA_VERBOSE if verbose else G_LOGGER.INFO
-    start = time.perf_counter()
-    try:
-        with G_LOGGER.verbosity(severity):
-            serialized = build()
-    except PolygraphyException as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ToolkitError(f"TensorRT could not build {plan_path} from {source}: {first} "
-                           "(rerun with --verbose for TensorRT's log)") from None
-    return bytes(serialized), time.perf_counter() - start
-
-
-def _engine_io(engine_bytes: bytes) -> Dict[str, Any]:
-    """I/O tensors and per-profile input shapes as the built engine reports them."""
-    import tensorrt as trt
-    from polygraphy.backend.trt import EngineFromBytes
-
-    engine = EngineFromBytes(engine_bytes)()
-    tensors, names = [], []
-    for index in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(index)
-        is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-        dtype = engine.get_tensor_dtype(name)
-        tensors.append({"name": name, "mode": "input" if is_input else "output",
-                        "dtype": TRT_DTYPES.get(dtype.name, dtype.name.lower()),
-                        "shape": [int(d) for d in engine.get_tensor_shape(name)]})
-        if is_input:
-            names.append(name)
-    profiles = []
-    for p in range(engine.num_optimization_profiles):
-        shapes = {}
-        for name in names:
-            lo, opt, hi = engine.get_tensor_profile_shape(name, p)
-            shapes[name] = {"min": list(lo), "opt": list(opt), "max": list(hi)}
-        profiles.append(shapes)
-    return {"tensors": tensors, "profiles": profiles}
-
-
 def _int8_record(plan: PrecisionPlan, source: Path, calibration: Dict) -> Dict | None:
     if plan.use_qdq_onnx:
         return {"source": "qdq", "onnx": str(source), "onnx_sha256": sha256_file(source)}
@@ -323,12 +254,6 @@ def _int8_record(plan: PrecisionPlan, source: Path, calibration: Dict) -> Dict |
             "cache": str(cache) if cache else None,
             "cache_reused": calibration.get("cache_reused", False),
             "cache_sha256": sha256_file(cache) if cache and cache.is_file() else None}
-
-
-def _polygraphy_version() -> str:
-    import polygraphy
-
-    return str(polygraphy.__version__)
 
 
 def _profiles_for_cli(onnx_path: Path, batch, seq, profile) -> List[ProfileSpec] | None:
@@ -374,6 +299,9 @@ def _profiles_for_cli(onnx_path: Path, batch, seq, profile) -> List[ProfileSpec]
               help="calibration.gate report; refuse the INT8 build when its drop > --max-drop")
 @click.option("--max-drop", type=float, default=0.5,
               help="allowed drop (the gate's unit: accuracy points or % loss)")
+@click.option("--tf32/--no-tf32", default=True,
+              help="TF32 for the float layers (on in TensorRT and trtexec; Polygraphy alone "
+                   "turns it off); --no-tf32 = strict FP32")
 @click.option("--verbose", is_flag=True, help="TensorRT's verbose build log")
 @exit_on_toolkit_error
 def main(onnx_path: Path, precision: str, output: Path | None, profile: Sequence[str],
@@ -381,10 +309,10 @@ def main(onnx_path: Path, precision: str, output: Path | None, profile: Sequence
          opt_level: int | None, timing_cache: Path | None, dla_core: int | None,
          int8_source: str, qdq_onnx: Path | None, calib: Path | None,
          calib_cache: Path | None, accuracy_report: Path | None, max_drop: float,
-         verbose: bool) -> None:
+         tf32: bool, verbose: bool) -> None:
     """Build a TensorRT engine (Polygraphy) and its manifest <plan>.json."""
     options = BuildOptions(precision, int8_source, workspace_mib, opt_level, dla_core,
-                           str(timing_cache) if timing_cache else None, verbose)
+                           str(timing_cache) if timing_cache else None, verbose, tf32)
     defaults = default_artifacts(onnx_path)
     paths = {"onnx": onnx_path, "qdq_onnx": qdq_onnx or defaults["qdq_onnx"],
              "calib": calib or defaults["calib"],

@@ -12,8 +12,15 @@ tested without TensorRT:
 | int8, calibrate        | INT8 flag, calibrator | INT8 flag, calibrator          | refused        |
 | best (fp16 + int8)     | FP16 + INT8 flags     | FP16 + INT8 flags, weak typing | refused        |
 
-TensorRT 11 has no precision flags (always strongly typed) and no calibrators. ``best`` on
-10.x stays weakly typed so the layers without Q/DQ may still run in FP16.
+TensorRT 11 has no precision flags and no calibrators, and every network is strongly typed,
+fp32 included (the plan says so, and so does the manifest). ``best`` on 10.x stays weakly typed
+so the layers without Q/DQ may still run in FP16.
+
+TF32: on by default, as in TensorRT's own builder and trtexec (the figures users compare
+against). Polygraphy's ``CreateConfig`` defaults to ``tf32=False`` and then *clears* the flag, so
+it is always passed explicitly; ``--no-tf32`` gives strict FP32 for the float layers (those of
+an fp32 engine, and the float MatMuls an int8 engine keeps). TF32 runs on Ampere and later (Orin
+is compute 8.7); TensorRT ignores the flag on older GPUs (Xavier is 7.2).
 
 Only ``memory_pool_limits`` needs TensorRT to construct (its keys are TensorRT enums), so it
 is built lazily, in ``make_config_loader``, only when a workspace limit is asked for.
@@ -44,6 +51,7 @@ class BuildOptions:
     dla_core: int | None = None
     timing_cache: str | None = None
     verbose: bool = False
+    tf32: bool = True  # trtexec's default; False = strict FP32 (--no-tf32)
 
     @property
     def uses_int8(self) -> bool:
@@ -101,15 +109,17 @@ def plan_precision(options: BuildOptions, trt_version: str) -> PrecisionPlan:
         raise ToolkitError(
             f"--precision {options.precision}: TensorRT {trt_version} has no FP16 builder flag "
             "(networks are always strongly typed); build fp32, or int8 from the Q/DQ ONNX")
+    always_typed = not trt_info.has_precision_flags(trt_version)  # TensorRT 11
     if not options.uses_int8:
-        return PrecisionPlan(options.uses_fp16, False, False, False, False)
+        return PrecisionPlan(options.uses_fp16, False, always_typed, False, False)
     if options.int8_source == "calibrate":
         if not trt_info.has_implicit_int8(trt_version):
             raise ToolkitError(
                 f"--int8-source calibrate: TensorRT {trt_version} removed implicit INT8 "
                 "calibration; use --int8-source qdq with the Q/DQ ONNX from calibration.qdq")
         return PrecisionPlan(options.uses_fp16, True, False, False, True)
-    strongly_typed = trt_info.has_strongly_typed(trt_version) and not options.uses_fp16
+    strongly_typed = always_typed or (trt_info.has_strongly_typed(trt_version)
+                                      and not options.uses_fp16)
     return PrecisionPlan(options.uses_fp16, not strongly_typed, strongly_typed, True, False)
 
 
@@ -125,18 +135,21 @@ def check_dla(
     trt_version: str,
     num_dla_cores: int | None,
     module: str | None = None,
+    jetpack: str | None = None,
 ) -> None:
     """Refuse a DLA build that cannot work, before spending minutes on it.
 
     num_dla_cores: ``trt.Builder.num_DLA_cores`` (None when unknown: then the module name
-    decides, Orin Nano and Thor having no DLA).
+    decides, Orin Nano and Thor having no DLA). module/jetpack: from ``trt_info.jetson_info``
+    (TensorRT 11.4.1+ has DLA on AGX Orin with JetPack 7.2.2+ only).
     """
     core = options.dla_core
     if core is None:
         return
     where = f"this device ({module})" if module else "this device"
-    if not trt_info.has_dla_builds(trt_version):
-        raise ToolkitError(f"--dla-core {core}: TensorRT {trt_version} builds no DLA engines")
+    problem = trt_info.dla_platform_problem(trt_version, module, jetpack)
+    if problem:
+        raise ToolkitError(f"--dla-core {core}: {problem}")
     no_dla = num_dla_cores == 0 or (num_dla_cores is None and trt_info.module_has_no_dla(module))
     if no_dla:
         raise ToolkitError(f"--dla-core {core}: {where} has no DLA (Orin Nano has none; AGX Orin "
@@ -172,6 +185,7 @@ def create_config_kwargs(
         "profiles": [p.to_polygraphy() for p in profiles],
         "fp16": plan.fp16_flag,
         "int8": plan.int8_flag,
+        "tf32": bool(options.tf32),  # always explicit: Polygraphy's default clears TF32
     }
     if calibrator is not None:
         kwargs["calibrator"] = calibrator

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import re
 import subprocess
-from pathlib import Path
 from typing import Any, Dict, Tuple
 
 from common.errors import ToolkitError
+from jetson import device_state
+from jetson.device_state import (  # noqa: F401  (the engines' names for them)
+    module_has_no_dla,
+    parse_l4t_core_package,
+    parse_tegra_release,
+)
 
 UNKNOWN = "unknown"
-
-# L4T release -> JetPack release, for the releases the toolkit supports (DESIGN.md table).
-L4T_TO_JETPACK = {
-    "35.1.0": "5.0.2", "35.2.1": "5.1", "35.3.1": "5.1.1", "35.4.1": "5.1.2",
-    "35.5.0": "5.1.3", "35.6.0": "5.1.4", "36.3.0": "6.0", "36.4.0": "6.1",
-    "36.4.3": "6.2", "36.4.4": "6.2.1", "38.2.0": "7.0",
-}
 
 
 def parse_version(version: str) -> Tuple[int, ...]:
@@ -64,9 +62,64 @@ def has_strongly_typed(version: str) -> bool:
     return at_least(version, (10,))
 
 
+# DLA on Jetson (TensorRT 11.4.1 release notes and "Working with DLA"): 8.5 through 10.x build
+# DLA engines (10.7 is the last 10.x release that shipped with DLA, on JetPack 6; later 10.x
+# devices report 0 DLA cores, which check_dla refuses); 11.0 through 11.4.0 have no DLA on
+# Jetson; from 11.4.1 on, DLA is back on Jetson AGX Orin only, with JetPack 7.2.2 or later.
+DLA_RETURNED_IN = (11, 4, 1)
+DLA_RETURN_JETPACK = (7, 2, 2)
+DLA_RETURN_MODULE = "agx orin"  # the only module with DLA under TensorRT 11.4.1+
+
+
 def has_dla_builds(version: str) -> bool:
-    """DLA builds exist up to 10.x; TensorRT 11 dropped DLA."""
-    return not at_least(version, (11,))
+    """TensorRT ``version`` builds DLA engines somewhere: 8.5..10.x, and 11.4.1 or later."""
+    return not at_least(version, (11,)) or at_least(version, DLA_RETURNED_IN)
+
+
+def dla_platform_problem(version: str, module: str | None, jetpack: str | None) -> str | None:
+    """Why this TensorRT on this module/JetPack builds no DLA engine, or None when it may.
+
+    Unknown module or JetPack (``None``/``"unknown"``) is not held against the build: the
+    builder's ``num_DLA_cores`` decides then.
+    """
+    if not has_dla_builds(version):
+        return (f"TensorRT {version} builds no DLA engines (DLA is in 8.5..10.x, and again from "
+                "11.4.1 on Jetson AGX Orin with JetPack 7.2.2+)")
+    if not at_least(version, DLA_RETURNED_IN):
+        return None
+    if module and module != UNKNOWN and DLA_RETURN_MODULE not in module.lower():
+        return (f"TensorRT {version} has DLA only on Jetson AGX Orin; this device is {module}")
+    if jetpack and jetpack != UNKNOWN and _version_or_none(jetpack) is not None \
+            and _version_or_none(jetpack) < DLA_RETURN_JETPACK:
+        return (f"TensorRT {version} has DLA on AGX Orin only with JetPack 7.2.2 or later; "
+                f"this device has JetPack {jetpack}")
+    return None
+
+
+# Polygraphy 0.49.0 and 0.49.9 read IBuilderConfig.int8_calibrator unguarded, which TensorRT
+# 11 removed (every build then fails with an AttributeError); 0.49.26 added the guard.
+# (0.49.6, the floor once named, was never published.)
+POLYGRAPHY_FOR_TRT11 = (0, 49, 26)
+
+
+def polygraphy_problem(polygraphy_version: str, trt_version: str) -> str | None:
+    """Why this Polygraphy cannot build with this TensorRT, or None when it can."""
+    if not at_least(trt_version, (11,)):
+        return None
+    found = _version_or_none(polygraphy_version)
+    if found is None or found[:3] >= POLYGRAPHY_FOR_TRT11:
+        return None
+    floor = ".".join(map(str, POLYGRAPHY_FOR_TRT11))
+    return (f"Polygraphy {polygraphy_version} cannot build with TensorRT {trt_version} (it reads "
+            f"config.int8_calibrator, which TensorRT 11 removed): pip install "
+            f"'polygraphy>={floor}'")
+
+
+def _version_or_none(version: str) -> Tuple[int, ...] | None:
+    try:
+        return parse_version(version)
+    except ToolkitError:
+        return None
 
 
 def tensorrt_version() -> str | None:
@@ -152,49 +205,17 @@ def _run(cmd) -> str | None:
     return done.stdout if done.returncode == 0 else None
 
 
-def parse_tegra_release(text: str) -> str | None:
-    """``# R36 (release), REVISION: 3.0, ...`` -> ``"36.3.0"``."""
-    match = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
-    if not match:
-        return None
-    release = f"{match.group(1)}.{match.group(2)}"
-    return release if release.count(".") >= 2 else release + ".0"
-
-
-def parse_l4t_core_package(text: str) -> str | None:
-    """``dpkg-query -W nvidia-l4t-core`` output (``nvidia-l4t-core\\t36.3.0-2024...``) -> 36.3.0."""
-    match = re.search(r"nvidia-l4t-core\s+(\d+\.\d+(?:\.\d+)?)", text)
-    return match.group(1) if match else None
-
-
 def jetson_info(root: str = "/") -> Dict[str, Any] | None:
-    """Module, L4T and JetPack of this Jetson, or None when this is not a Jetson.
-
-    root: where ``etc/`` and ``proc/`` live (tests point it at a fake tree).
-    """
-    base = Path(root)
-    model_file = base / "proc" / "device-tree" / "model"
-    release_file = base / "etc" / "nv_tegra_release"
-    model = model_file.read_bytes().rstrip(b"\0").decode(errors="replace").strip() \
-        if model_file.is_file() else None
-    l4t = parse_tegra_release(release_file.read_text(errors="replace")) \
-        if release_file.is_file() else None
-    if l4t is None and root == "/":
-        out = _run(["dpkg-query", "-W", "nvidia-l4t-core"])
-        l4t = parse_l4t_core_package(out) if out else None
-    if l4t is None and (model is None or "jetson" not in model.lower()):
+    """Module, L4T, JetPack and SoC of this Jetson (``jetson.device_state``), or None when this is
+    not a Jetson; an unknown field reads ``"unknown"``, as the manifest records strings."""
+    info = device_state.jetson_info(root)
+    if info is None:
         return None
-    return {"module": model or UNKNOWN, "l4t": l4t or UNKNOWN,
-            "jetpack": L4T_TO_JETPACK.get(l4t or "", UNKNOWN)}
-
-
-def module_has_no_dla(module: str | None) -> bool:
-    """Orin Nano and Thor modules have no DLA (AGX Orin has 2, Orin NX 1 or 2)."""
-    name = (module or "").lower()
-    return "orin nano" in name or "thor" in name
+    return {key: UNKNOWN if value is None else value for key, value in info.items()}
 
 
 def device_summary() -> Dict[str, Any]:
-    """Everything the manifest records about the build machine."""
+    """Everything the manifest records about the build machine: TensorRT, the GPU, the Jetson
+    identity, and the whole device state (power mode, clocks locked, frequencies) at build time."""
     return {"tensorrt_version": tensorrt_version() or UNKNOWN, "gpu": gpu_info(),
-            "jetson": jetson_info()}
+            "jetson": jetson_info(), "device_state": device_state.collect()}

@@ -20,6 +20,7 @@ the same object instead of making a new one per token.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Dict, Iterable, Mapping, Sequence, Tuple
 
 import numpy as np
@@ -27,6 +28,41 @@ import numpy as np
 from common.errors import ToolkitError
 
 ALIGNMENT = 256  # bytes; TensorRT's requirement for every tensor address
+
+
+def import_pycuda(context: str, import_module=importlib.import_module):
+    """``pycuda.driver`` with the device's primary context retained and pushed
+    (``pycuda.autoprimaryctx``, the context TensorRT shares).
+
+    context: what the caller is doing, the start of the error line ("cannot run engine X").
+    A missing pycuda (ImportError) and a driver that loads but finds no usable GPU (pycuda's
+    ``Error``/``LogicError``/``RuntimeError`` from ``cuInit``/``cuDeviceGet``, raised while
+    ``pycuda.autoprimaryctx`` is imported) both become one ``ToolkitError`` line.
+    import_module: how modules are imported (tests pass a function that fails as pycuda does).
+    """
+    try:
+        cuda = import_module("pycuda.driver")
+    except ImportError as exc:
+        raise ToolkitError(f"{context}: pycuda is missing or cannot load the CUDA driver "
+                           f"({_first_line(exc)}); pip install pycuda") from None
+    driver_errors = (getattr(cuda, "Error", RuntimeError), RuntimeError)
+    try:
+        import_module("pycuda.autoprimaryctx")
+    except ImportError as exc:
+        raise ToolkitError(f"{context}: pycuda.autoprimaryctx is missing ({_first_line(exc)}); "
+                           "pycuda 2021.1 or later has it") from None
+    except driver_errors as exc:
+        raise ToolkitError(f"{context}: the CUDA driver loaded but no GPU is usable "
+                           f"({_first_line(exc)}); check nvidia-smi (or tegrastats on a "
+                           "Jetson) and CUDA_VISIBLE_DEVICES") from None
+    return cuda
+
+
+def _first_line(exc: BaseException) -> str:
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
 
 
 def align(nbytes: int, alignment: int = ALIGNMENT) -> int:
@@ -91,9 +127,14 @@ class CudaArena:
         self._cuda = cuda
         self._stream = stream
         self._timer = timer
-        self.host = cuda.pagelocked_empty(self.nbytes, np.uint8)  # (nbytes,) uint8, page-aligned
-        self.host.fill(0)
-        self._device = cuda.mem_alloc(self.nbytes)  # (nbytes,) bytes, >= 256-aligned by CUDA
+        self._device = None
+        try:
+            self.host = cuda.pagelocked_empty(self.nbytes, np.uint8)  # (nbytes,) uint8, pinned
+            self.host.fill(0)
+            self._device = cuda.mem_alloc(self.nbytes)  # (nbytes,) bytes, 256-aligned by CUDA
+        except cuda.Error as exc:  # pycuda's MemoryError/LogicError: out of (pinned) memory
+            raise ToolkitError(f"cannot allocate an arena of {self.nbytes} bytes (pinned host + "
+                               f"GPU): {_first_line(exc)}") from None
         self.ptr = int(self._device)
         if self.ptr % ALIGNMENT:
             raise ToolkitError(f"cuMemAlloc returned {self.ptr:#x}, not {ALIGNMENT}-byte aligned")

@@ -8,6 +8,11 @@ head+tail truncation to the model's length, ``<cls>`` first for a cls-pooling mo
 in batches of at most ``--batch-size`` rows, each padded on the right to its longest row (never
 below the profile's minimum shape, so a static-shape engine works too). The input and logits
 buffers are allocated once at the largest batch and length, and reused for every batch.
+
+Bad input is refused, never guessed at: a ``--file`` that is not UTF-8 (the error names the
+file, the line and the byte offset of the first bad byte; convert it with ``iconv -t utf-8``),
+and a text that is empty, or becomes empty once cleaned (whitespace, ``<br />`` tags only): a
+row of padding would be classified like a review. ``--file`` skips blank lines.
 """
 from __future__ import annotations
 
@@ -30,7 +35,12 @@ import numpy as np
 
 from common.errors import ToolkitError, exit_on_toolkit_error
 from runtime.buffers import BufferPlan
-from runtime.tokenization import encode_classifier_texts, fill_right_padded, special_token_ids
+from runtime.tokenization import (
+    clean_imdb_text,
+    encode_classifier_texts,
+    fill_right_padded,
+    special_token_ids,
+)
 
 
 @dataclass
@@ -91,6 +101,8 @@ class Classifier:
         self.n_batches = 0
 
     def encode(self, texts: Sequence[str]) -> List[List[int]]:
+        """Token rows of ``texts``; an empty text (after cleaning) is refused."""
+        check_texts(texts)
         return encode_classifier_texts(self.tokenizer, texts, self.max_len, self.cls_id)
 
     def logits_for_rows(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
@@ -149,12 +161,30 @@ def open_classifier(model: str, batch_size: int | None = None, tokenizer: str | 
         raise
 
 
+def check_texts(texts: Sequence[str]) -> None:
+    """Refuse a text with nothing to classify: empty, whitespace or ``<br />`` tags only."""
+    for index, text in enumerate(texts):
+        if not clean_imdb_text(text):
+            raise ToolkitError(f"text {index + 1} ({text[:30]!r}) is empty once cleaned: "
+                               "nothing to classify (give a review with words in it)")
+
+
 def read_text_file(path: str) -> List[str]:
-    """One text per non-empty line."""
+    """One text per non-blank line of a UTF-8 file (a UTF-8 byte-order mark is allowed)."""
     p = Path(path)
     if not p.is_file():
         raise ToolkitError(f"--file {p}: not found")
-    return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    data = p.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        offset = exc.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data.count(b"\n", 0, offset) + 1
+        raise ToolkitError(
+            f"--file {p}: byte {offset} (line {line}, 0x{data[offset]:02x}) is not UTF-8; "
+            f"convert the file, e.g. iconv -f latin1 -t utf-8 {p.name} > {p.stem}.utf8.txt"
+        ) from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 @click.command()
@@ -162,7 +192,8 @@ def read_text_file(path: str) -> List[str]:
               help="Classifier .onnx (ONNX Runtime) or .plan/.engine (TensorRT).")
 @click.argument("texts", nargs=-1)
 @click.option("--file", "text_file", type=click.Path(dir_okay=False), default=None,
-              help="Texts to classify, one per line (added after the arguments).")
+              help="Texts to classify, one per line, UTF-8 (added after the arguments; blank "
+                   "lines skipped; a byte that is not UTF-8 is an error naming its offset).")
 @click.option("--batch-size", type=int, default=8, show_default=True,
               help="Rows per run, within the model's profile.")
 @click.option("--tokenizer", type=click.Path(dir_okay=False), default=None,
@@ -171,10 +202,15 @@ def read_text_file(path: str) -> List[str]:
 @exit_on_toolkit_error
 def main(model: str, texts: Sequence[str], text_file: str | None, batch_size: int,
          tokenizer: str | None, as_json: bool) -> None:
-    """Classify texts: a label and the probability of every label per text."""
+    """Classify texts: a label and the probability of every label per text.
+
+    An empty text (or one of whitespace or <br /> tags only) is refused.
+    """
     texts = list(texts) + (read_text_file(text_file) if text_file else [])
     if not texts:
-        raise ToolkitError("no texts: give them as arguments or with --file")
+        where = f" (--file {text_file} has only blank lines)" if text_file else ""
+        raise ToolkitError(f"no texts: give them as arguments or with --file{where}")
+    check_texts(texts)
     session, classifier = open_classifier(model, batch_size, tokenizer)
     with session:
         predictions = classifier.classify(texts)

@@ -174,8 +174,16 @@ class Generator:
     def generate(self, prompts: Sequence[str], max_new_tokens: int, sampler: Sampler,
                  on_token: OnToken | None = None) -> GenerationResult:
         """Continue each prompt (one row each) and return the new tokens per row."""
-        rows = [encode_prompt(self.tokenizer, text, self.info.eos_id) for text in prompts]
-        return self.generate_ids(rows, max_new_tokens, sampler, on_token)
+        return self.generate_ids(self.encode(prompts), max_new_tokens, sampler, on_token)
+
+    def encode(self, prompts: Sequence[str]) -> List[List[int]]:
+        """Token ids of each prompt, ``<|endoftext|>`` first (see ``encode_prompt``)."""
+        return [encode_prompt(self.tokenizer, text, self.info.eos_id) for text in prompts]
+
+    def check_request(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
+                      sampler: Sampler) -> None:
+        """Raise what ``generate_ids`` would refuse, before anything is printed or run."""
+        self._check_request(prompt_ids, max_new_tokens, sampler)
 
     def generate_ids(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
                      sampler: Sampler, on_token: OnToken | None = None) -> GenerationResult:
@@ -211,10 +219,13 @@ class Generator:
         lengths = [len(p) for p in prompt_ids]
         if min(lengths) < 1:
             raise ToolkitError("a prompt is empty: expected at least one token id")
-        if max(lengths) > min(self.max_prompt, self.context_limit):
+        limit = min(self.max_prompt, self.context_limit)
+        if max(lengths) > limit:
+            row = lengths.index(max(lengths))
             raise ToolkitError(
-                f"prompt of {max(lengths)} tokens: the model's profiles take at most "
-                f"{min(self.max_prompt, self.context_limit)}")
+                f"prompt {row + 1} is {max(lengths)} tokens long (with <|endoftext|>): the "
+                f"model's profiles take at most {limit} (context {self.context_limit}); "
+                "shorten it")
         if max_new_tokens < 0:
             raise ToolkitError(f"max_new_tokens={max_new_tokens}: expected 0 or more")
         vocab = self.info.vocab_size
@@ -398,12 +409,15 @@ def main(model: str, prompts: Sequence[str], max_new_tokens: int, temperature: f
     sampler = Sampler(temperature, top_k, top_p, seed)
     with open_session(model) as session:
         generator = Generator(session, tok, info, max_batch=max(len(run) for run in runs))
-        for run in runs:
+        encoded = [generator.encode(run) for run in runs]
+        for rows in encoded:  # every run is checked before the first prompt is echoed
+            generator.check_request(rows, max_new_tokens, sampler)
+        for run, rows in zip(runs, encoded):
             streaming = len(run) == 1
             if streaming:
                 click.echo(run[0], nl=False)
             on_token = (lambda r, token, piece: click.echo(piece, nl=False)) if streaming else None
-            result = generator.generate(run, max_new_tokens, sampler, on_token)
+            result = generator.generate_ids(rows, max_new_tokens, sampler, on_token)
             for r, text in enumerate(run):
                 new_text = tok.decode(result.tokens[r])
                 click.echo("" if streaming else f"[{r}] {text}{new_text}")

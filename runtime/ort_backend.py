@@ -22,6 +22,11 @@ tensor memory. With ``CUDAExecutionProvider`` first, arenas are ``CudaArena``s (
 context, device 0, one stream); the stream is synchronized before each run because ONNX Runtime
 computes on its own stream, and its ``Run`` returns after the GPU work is done.
 
+Sidecar: checked against the graph when the session opens: its ``onnx_sha256`` must be the
+file's (a re-export that left a stale sidecar is refused; hashing a 23 MB graph takes about
+24 ms here, against 50-110 ms for ``InferenceSession`` itself, and the hash is cached per
+file, size and mtime), and its I/O names and ranks must be the graph's.
+
 Alignment: only element alignment is required here (``address_alignment = 0``), so a KV-cache
 slot stride that is not a multiple of 256 bytes runs on ONNX Runtime even where TensorRT would
 refuse it.
@@ -54,11 +59,12 @@ class OrtSession(Session):
     def __init__(self, path: Path, providers: Sequence | None = None,
                  profile_ranges: Sequence[Mapping] | None = None):
         path = Path(path)
+        # The sidecar first: a stale one is named as such, before ORT parses the graph.
+        sidecar = _load_sidecar(path, required=profile_ranges is None)
         self._sess = _inference_session(path, providers)
         self._on_cuda = self._sess.get_providers()[0] == "CUDAExecutionProvider"
         self._device_type = "cuda" if self._on_cuda else "cpu"
         self._stream = _cuda_stream() if self._on_cuda else None
-        sidecar = _load_sidecar(path, required=profile_ranges is None)
         inputs, self._input_axes = _graph_tensors(self._sess.get_inputs(), sidecar, "inputs", path)
         outputs, self._output_axes = _graph_tensors(
             self._sess.get_outputs(), sidecar, "outputs", path)
@@ -180,13 +186,10 @@ def _run_options():
 
 
 def _cuda_stream():
-    try:
-        import pycuda.autoprimaryctx  # noqa: F401  (the primary context, shared with ORT/TRT)
-        import pycuda.driver as cuda
-    except ImportError as exc:
-        raise ToolkitError(
-            f"CUDAExecutionProvider needs pycuda for device buffers ({exc}); pip install pycuda"
-        ) from None
+    from runtime.buffers import import_pycuda
+
+    # The primary context, shared with ORT's CUDA provider and TensorRT.
+    cuda = import_pycuda("CUDAExecutionProvider needs pycuda for device buffers")
     return cuda.Stream()
 
 
@@ -194,7 +197,9 @@ def _load_sidecar(path: Path, required: bool) -> dict | None:
     from common.artifacts import load_onnx_sidecar, sidecar_path
 
     if sidecar_path(path).is_file():
-        return load_onnx_sidecar(path)
+        # A sidecar left from another export (its onnx_sha256 names other bytes) is refused;
+        # the hash is cached per (file, size, mtime), so reopening costs a stat.
+        return load_onnx_sidecar(path, check_hash=True)
     if required:
         raise ToolkitError(
             f"no sidecar {sidecar_path(path)} beside {path}: export the model with "

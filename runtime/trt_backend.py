@@ -3,13 +3,20 @@
 Named-tensor API only (TensorRT 8.5 through 10.x/11): ``num_io_tensors``,
 ``get_tensor_name/mode/dtype/shape``, ``get_tensor_profile_shape``, ``set_input_shape``,
 ``set_tensor_address``, ``infer_shapes``, ``execute_async_v3``; no bindings API, no execute_v2.
-Every boolean TensorRT returns is checked and becomes a one-line ``ToolkitError``.
+Every TensorRT call goes through ``trt_call``: a False return *and* a RuntimeError become one
+``ToolkitError`` naming the plan and the call. Both happen: ``set_optimization_profile_async``
+never returns False (its binding raises RuntimeError on failure and returns True otherwise, in
+8.5, 8.6, 10.x and 11), ``infer_shapes`` raises, while ``set_input_shape``,
+``set_tensor_address`` and ``execute_async_v3`` return False.
 
-Opening a plan, in order: ``import tensorrt`` and pycuda (a missing one is a ToolkitError, not an
-ImportError); ``engines.manifest.check_plan_file`` (plan present, manifest present, size and
-sha256 as built) and ``check_compatible`` with this TensorRT version and this GPU; only then
-``deserialize_cuda_engine`` (None is a ToolkitError). A plan from another TensorRT release or
-GPU, or a corrupt one, is refused with one line instead of failing inside deserialization.
+Opening a plan, in order: ``import tensorrt`` and pycuda (a missing one, or a CUDA driver with
+no usable GPU, is a ToolkitError, not an ImportError or a pycuda traceback);
+``engines.manifest.check_plan_file`` (plan present, manifest present, size and sha256 as built)
+and ``check_compatible`` with this TensorRT version and this GPU; ``init_libnvinfer_plugins``
+(as Polygraphy does, so a plan with a plugin layer finds its creator); only then
+``deserialize_cuda_engine`` (None is a ToolkitError, which says so when the plugin library
+did not initialize). A plan from another TensorRT release or GPU, or a corrupt one, is refused
+with one line instead of failing inside deserialization.
 
 CUDA: the device's primary context (``pycuda.autoprimaryctx``, the one TensorRT uses), one
 non-default stream per session for copies and execution, page-locked host memory
@@ -39,7 +46,7 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 
 from common.errors import ToolkitError
-from runtime.buffers import CudaArena
+from runtime.buffers import CudaArena, import_pycuda
 from runtime.session import Binding, ProfileShapes, Session, Shape, TensorSpec
 
 # TensorRT DataType attribute -> numpy dtype; attributes absent from older releases are skipped.
@@ -49,6 +56,35 @@ _TRT_TO_NUMPY = (
 )
 
 _LOGGER = None  # TensorRT wants one logger per process
+_PLUGINS_READY = None  # init_libnvinfer_plugins' answer, once per process (None: not called)
+
+
+def first_line(exc: BaseException) -> str:
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
+
+def trt_call(path, fn, *args, hint: str = ""):
+    """``fn(*args)`` for a TensorRT call that reports failure by returning False or None, or by
+    raising RuntimeError (as the bindings' PY_ASSERT_RUNTIME_ERROR does); both become one
+    ``ToolkitError`` line naming the plan ``path``, the call and its arguments. Nothing is
+    formatted unless the call fails (it runs once per decode step)."""
+    try:
+        result = fn(*args)
+    except RuntimeError as exc:
+        raise ToolkitError(f"{_call_text(path, fn, args)} failed: {first_line(exc)}{hint}") \
+            from None
+    if result is False or result is None:
+        raise ToolkitError(f"{_call_text(path, fn, args)} failed (TensorRT returned {result}; "
+                           f"see its log above){hint}")
+    return result
+
+
+def _call_text(path, fn, args) -> str:
+    shown = ", ".join(f"{a:#x}" if isinstance(a, int) and a > 1 << 20 else repr(a) for a in args)
+    return f"{path}: TensorRT {getattr(fn, '__name__', 'call')}({shown})"
 
 
 def _import_tensorrt(path: Path):
@@ -63,14 +99,7 @@ def _import_tensorrt(path: Path):
 
 
 def _import_pycuda(path: Path):
-    try:
-        import pycuda.autoprimaryctx  # noqa: F401  (retain + push the primary context)
-        import pycuda.driver as cuda
-    except ImportError as exc:
-        raise ToolkitError(
-            f"cannot run engine {path}: pycuda is missing ({exc}); pip install pycuda"
-        ) from None
-    return cuda
+    return import_pycuda(f"cannot run engine {path}")
 
 
 def numpy_dtype(trt, trt_dtype, name: str) -> np.dtype:
@@ -111,13 +140,10 @@ class TrtSession(Session):
         self._timer = _StreamTimer(cuda, self._stream, self.last_timings)
 
     def _context_for(self, profile: int):
-        context = self._engine.create_execution_context()
-        if context is None:
-            raise ToolkitError(
-                f"TensorRT could not create an execution context for {self.path} (out of memory?)"
-            )
-        if not context.set_optimization_profile_async(profile, self._stream.handle):
-            raise ToolkitError(f"TensorRT refused optimization profile {profile} of {self.path}")
+        context = trt_call(self.path, self._engine.create_execution_context,
+                           hint=f" (for profile {profile}: out of GPU memory?)")
+        # Returns True or raises RuntimeError; trt_call handles both (and a False, harmlessly).
+        trt_call(self.path, context.set_optimization_profile_async, profile, self._stream.handle)
         self._stream.synchronize()
         return context
 
@@ -133,12 +159,10 @@ class TrtSession(Session):
         for name in self._io_names:
             address = bindings[name].arena.ptr + bindings[name].offset
             if addresses.get(name) != address:
-                if not context.set_tensor_address(name, address):
-                    raise ToolkitError(f"TensorRT refused the address {address:#x} for {name!r}")
+                trt_call(self.path, context.set_tensor_address, name, address)
                 addresses[name] = address
         self._timer.begin_compute()
-        if not context.execute_async_v3(self._stream.handle):
-            raise ToolkitError(f"TensorRT execute_async_v3 failed for {self.path} (see its log)")
+        trt_call(self.path, context.execute_async_v3, self._stream.handle)
         self._timer.end_compute()
 
     def _set_input_shapes(self, context, bindings: Mapping[str, Binding], profile: int) -> None:
@@ -148,10 +172,7 @@ class TrtSession(Session):
         for name in self.inputs:
             shape = bindings[name].shape
             if shapes.get(name) != shape:
-                if not context.set_input_shape(name, shape):
-                    raise ToolkitError(
-                        f"TensorRT refused shape {shape} for input {name!r} (profile {profile})"
-                    )
+                trt_call(self.path, context.set_input_shape, name, shape)
                 shapes[name] = shape
                 changed = True
         if changed:
@@ -161,8 +182,8 @@ class TrtSession(Session):
         try:
             unresolved = context.infer_shapes()
         except RuntimeError as exc:  # raised by the bindings when inference hits an error
-            raise ToolkitError(f"TensorRT shape inference failed for {self.path}: {exc}") \
-                from None
+            raise ToolkitError(f"{self.path}: infer_shapes on profile {profile} failed: "
+                               f"{first_line(exc)}") from None
         if unresolved:
             raise ToolkitError(f"TensorRT could not infer the shapes of {list(unresolved)}")
         for name in self.outputs:
@@ -187,8 +208,7 @@ class TrtSession(Session):
                 raise ToolkitError(f"no shape given for input {name!r}")
             self.check_shape(name, input_shapes[name], profile)
             shape = tuple(int(d) for d in input_shapes[name])
-            if not context.set_input_shape(name, shape):
-                raise ToolkitError(f"TensorRT refused shape {shape} for input {name!r}")
+            trt_call(self.path, context.set_input_shape, name, shape, hint=f" (profile {profile})")
             self._shapes[profile][name] = shape
         self._infer_output_shapes(context, profile)
         return dict(self._output_shapes[profile])
@@ -210,14 +230,43 @@ def _deserialize(trt, path: Path):
     global _LOGGER
     if _LOGGER is None:
         _LOGGER = trt.Logger(trt.Logger.WARNING)
-    runtime = trt.Runtime(_LOGGER)
-    engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    plugins_ready = _init_plugins(trt)
+    try:
+        runtime = trt.Runtime(_LOGGER)
+    except (RuntimeError, TypeError) as exc:  # pybind: "factory function returned nullptr"
+        raise ToolkitError(f"TensorRT could not create a runtime for {path}: {first_line(exc)} "
+                           "(is the GPU usable? see TensorRT's log above)") from None
+    try:
+        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    except RuntimeError as exc:
+        raise ToolkitError(f"TensorRT {trt.__version__} could not deserialize {path}: "
+                           f"{first_line(exc)}") from None
     if engine is None:
+        plugins = ("" if plugins_ready is not False else
+                   "; the TensorRT plugin library did not initialize, so a plugin layer in the "
+                   "plan has no creator")
         raise ToolkitError(
-            f"TensorRT {trt.__version__} could not deserialize {path} (see its log above): "
-            "rebuild it with make engine on this device"
+            f"TensorRT {trt.__version__} could not deserialize {path} (see its log above{plugins})"
+            ": rebuild it with make engine on this device"
         )
     return runtime, engine
+
+
+def _init_plugins(trt) -> bool | None:
+    """Register libnvinfer_plugin's creators once per process, as Polygraphy does before it
+    deserializes; False when the library did not initialize, None where the bindings lack the
+    call (the lean/dispatch runtimes). A plan without plugin layers loads either way, so the
+    answer is only reported if deserialization then fails."""
+    global _PLUGINS_READY
+    if _PLUGINS_READY is None:
+        init = getattr(trt, "init_libnvinfer_plugins", None)
+        if init is None:
+            return None
+        try:
+            _PLUGINS_READY = bool(init(_LOGGER, ""))
+        except RuntimeError:
+            _PLUGINS_READY = False
+    return _PLUGINS_READY
 
 
 def _io_specs(trt, engine, path: Path) -> Tuple[Dict[str, TensorSpec], Dict[str, TensorSpec]]:

@@ -139,7 +139,7 @@ def test_parse_range_refuses_bad_ranges(text):
     ("int8", "calibrate", TRT_10, (False, True, False, False, True)),
     ("best", "qdq", TRT_10, (True, True, False, True, False)),
     ("best", "calibrate", TRT_85, (True, True, False, False, True)),
-    ("fp32", "qdq", TRT_11, (False, False, False, False, False)),
+    ("fp32", "qdq", TRT_11, (False, False, True, False, False)),  # 11: always strongly typed
 ])
 def test_precision_plan_per_tensorrt_version(precision, source, version, expected):
     plan = plan_precision(BuildOptions(precision, source), version)
@@ -258,7 +258,7 @@ def test_jetson_detection_from_files(tmp_path):
         "# R36 (release), REVISION: 3.0, GCID: 36191598, BOARD: generic, EABI: aarch64\n")
     info = trt_info.jetson_info(str(tmp_path))
     assert info == {"module": "NVIDIA Jetson AGX Orin Developer Kit", "l4t": "36.3.0",
-                    "jetpack": "6.0"}
+                    "jetpack": "6.0", "soc": "unknown"}  # no SoC files in this tree
     assert trt_info.jetson_info(str(tmp_path / "elsewhere")) is None
     assert trt_info.parse_l4t_core_package("nvidia-l4t-core\t35.4.1-20230801124926") == "35.4.1"
 

@@ -1,12 +1,14 @@
 """Runtime core on the CPU: buffer layout, the ONNX Runtime session, profile checks, errors."""
 from __future__ import annotations
 
+import json
 import tracemalloc
 
 import numpy as np
 import pytest
 
 from common.errors import ToolkitError
+from common.fileio import sha256_file
 from runtime.buffers import ALIGNMENT, BufferPlan, HostArena, align
 from runtime.session import Binding, open_session
 
@@ -274,8 +276,9 @@ def test_onnx_without_sidecar_needs_profile_ranges(classifier_onnx, tmp_path):
 def test_corrupt_onnx_is_a_toolkit_error(classifier_onnx, tmp_path):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a protobuf")
-    (tmp_path / "broken.onnx.json").write_bytes(
-        (classifier_onnx.parent / (classifier_onnx.name + ".json")).read_bytes())
+    sidecar = json.loads((classifier_onnx.parent / (classifier_onnx.name + ".json")).read_text())
+    sidecar["onnx_sha256"] = sha256_file(broken)  # past the stale-sidecar check, into ORT
+    (tmp_path / "broken.onnx.json").write_text(json.dumps(sidecar))
     with pytest.raises(ToolkitError, match="onnxruntime cannot load .*broken.onnx"):
         open_session(broken)
 
