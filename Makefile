@@ -34,7 +34,7 @@ DEMO_IMDB_ARGS ?= --epochs 6 --d-model 64 --n-layers 2 --n-heads 4 --d-ff 128 --
 DEMO_STORIES_ARGS ?= --epochs 2 --d-model 128 --n-layers 2 --n-heads 4 --d-ff 256 --max-seq-len 256 --vocab-size 2000 --seq-len 128 --val-stories 100
 
 .PHONY: setup demo train-imdb train-stories validate generate onnx calibrate engine bench test \
-	test-device fixtures gpu-check jetson-setup lint clean
+	test-device fixtures gpu-check jetson-setup triton-repo lint clean
 
 setup: $(STAMP)
 
@@ -103,6 +103,16 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# A Triton model repository from the artifacts: TRITON_TARGET=cpu serves the ONNX files through
+# ONNX Runtime (python backend), TRITON_TARGET=jetson the TensorRT plan (make engine first).
+TRITON_TARGET ?= cpu
+TRITON_REPO ?= triton_models
+IMDB_SERVE ?= $(if $(filter jetson,$(TRITON_TARGET)),engines/imdb.$(PRECISION).plan,models/imdb.onnx)
+STORIES_SERVE ?= models/stories.onnx
+triton-repo: setup
+	$(PY) -m triton_repo.build --target $(TRITON_TARGET) --output $(TRITON_REPO) \
+		--imdb $(IMDB_SERVE) --stories $(STORIES_SERVE) --force
+
 # The device-side tests alone, in a venv a bare JetPack could have (tests/device/make_venv.sh).
 DEVICE_VENV ?= .venv-device
 NUMPY ?=
@@ -127,4 +137,4 @@ lint: setup
 
 clean:
 	rm -rf checkpoints models results reports engines/*.plan engines/*.plan.json \
-		engines/*.timing.cache calibration/*.npz calibration/*.cache .pytest_cache .venv-device
+		engines/*.timing.cache calibration/*.npz calibration/*.cache .pytest_cache .venv-device triton_models
