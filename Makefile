@@ -34,7 +34,8 @@ DEMO_IMDB_ARGS ?= --epochs 6 --d-model 64 --n-layers 2 --n-heads 4 --d-ff 128 --
 DEMO_STORIES_ARGS ?= --epochs 2 --d-model 128 --n-layers 2 --n-heads 4 --d-ff 256 --max-seq-len 256 --vocab-size 2000 --seq-len 128 --val-stories 100
 
 .PHONY: setup demo train-imdb train-stories validate generate onnx calibrate engine bench test \
-	test-device fixtures gpu-check jetson-setup triton-repo lint clean
+	test-device fixtures gpu-check jetson-setup triton-repo \
+	test-triton triton-server bench-all baseline regress export-hf lint clean
 
 setup: $(STAMP)
 
@@ -128,6 +129,30 @@ gpu-check:
 jetson-setup:
 	bash jetson/setup.sh
 
+# The real-server Triton tests alone (make test runs them too); triton-server prints the
+# TRITON_HOME / TRITON_PYTHON_ENV that jetson/run_triton.sh needs on an x86 box.
+test-triton: setup
+	$(PY) -m pytest -q tests/triton
+triton-server: setup
+	$(PY) -m triton_repo.dev_server
+
+# Every backend on this machine side by side (accuracy, latency, memory, energy on a Jetson).
+bench-all: setup
+	$(PY) -m benchmarks.suite --model $(MODEL) --data $(MODEL_DATA) --out-dir results/suite \
+		$(if $(wildcard checkpoints/$(MODEL)/best.pt),--checkpoint checkpoints/$(MODEL)/best.pt) $(BENCH_ARGS)
+baseline: setup
+	$(PY) -m benchmarks.baseline --report results/suite/$(MODEL).json
+regress: setup
+	$(PY) -m pytest -q tests/device/test_regress_cpu.py tests/host/test_regress_int8_cpu.py
+	$(PY) -m pytest -q -rs -m jetson tests/device/test_regress_jetson.py
+	$(if $(wildcard results/suite/$(MODEL).json),$(PY) -m benchmarks.regress --report results/suite/$(MODEL).json)
+
+# A Hugging Face folder (save_pretrained) through the project's ONNX interface.
+HF_MODEL ?= ../shared/data/hf/all-MiniLM-L6-v2
+HF_NAME ?= minilm
+export-hf: setup
+	$(PY) -m export.hf --model $(HF_MODEL) --output models/$(HF_NAME).onnx
+
 # Rewrite the committed tiny models of the device suite (after a change to train/ or export/).
 fixtures: setup
 	$(PY) tests/fixtures/make_fixtures.py
@@ -137,4 +162,4 @@ lint: setup
 
 clean:
 	rm -rf checkpoints models results reports engines/*.plan engines/*.plan.json \
-		engines/*.timing.cache calibration/*.npz calibration/*.cache .pytest_cache .venv-device triton_models
+		engines/*.timing.cache calibration/*.npz calibration/*.cache .pytest_cache .venv-device .venv-triton triton_models

@@ -10,9 +10,11 @@ On the same model and the same token ids (random, every row ``--seq`` long), per
 - bare: ``onnxruntime.InferenceSession.run(None, feeds)`` on prepared numpy arrays, with the same
   providers and default session options.
 
-The two are timed alternately, iteration by iteration, so load on a shared machine hits both
-alike. Printed: median/p90 latency of each and the overhead in percent of the bare median; the
-logits of both are compared too (they must agree).
+The two are timed alternately, iteration by iteration (the side that goes first alternating),
+so load on a shared machine hits both alike, in ``--repeats`` blocks of ``--iterations``.
+Printed: median/p90 latency of each over all iterations, and the overhead in percent of the bare
+median as the median over the blocks with its spread (min..max); the logits of both are
+compared too (they must agree).
 """
 from __future__ import annotations
 
@@ -24,7 +26,6 @@ if __package__ in (None, ""):  # run by path: the repository root replaces bench
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
     sys.path.insert(0, os.path.dirname(_HERE))
 
-import time
 from typing import Any, Dict, List, Sequence
 
 import click
@@ -33,15 +34,10 @@ import numpy as np
 from common.errors import ToolkitError, exit_on_toolkit_error
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1e3
-
-
 def measure_point(classifier, bare, batch: int, seq: int, warmup: int, iterations: int,
-                  rng: np.random.Generator) -> Dict[str, Any]:
-    """Alternate runtime and bare runs on the same (batch, seq) ids; latency of each."""
+                  rng: np.random.Generator, repeats: int = 1) -> Dict[str, Any]:
+    """Interleaved runtime and bare runs on the same (batch, seq) ids, in ``repeats`` blocks."""
+    from benchmarks.measure import interleaved, median_spread
     from benchmarks.report import latency_stats, overhead_percent
 
     ids = rng.integers(3, 200, (batch, seq)).astype(np.int32)  # (batch, seq) int32
@@ -49,24 +45,29 @@ def measure_point(classifier, bare, batch: int, seq: int, warmup: int, iteration
     rows = ids.tolist()
     runtime_ms: List[float] = []
     bare_ms: List[float] = []
-    for i in range(warmup + iterations):
-        t_runtime = _timed(lambda: classifier.logits_for_rows(rows))
-        t_bare = _timed(lambda: bare.run(None, feeds))
-        if i >= warmup:
-            runtime_ms.append(t_runtime)
-            bare_ms.append(t_bare)
+    overheads: List[float] = []
+    for block in range(repeats):
+        times = interleaved({"runtime": lambda: classifier.logits_for_rows(rows),
+                             "bare": lambda: bare.run(None, feeds)},
+                            iterations, warmup=warmup if block == 0 else 0)
+        runtime_ms += times["runtime"]
+        bare_ms += times["bare"]
+        overheads.append(overhead_percent(float(np.median(times["bare"])),
+                                          float(np.median(times["runtime"]))))
     max_diff = float(np.abs(classifier.logits_for_rows(rows) - bare.run(None, feeds)[0]).max())
     runtime, plain = latency_stats(runtime_ms), latency_stats(bare_ms)
+    spread = median_spread(overheads)
     return {"batch": batch, "seq": seq,
             "runtime_p50_ms": runtime["p50_ms"], "runtime_p90_ms": runtime["p90_ms"],
             "bare_p50_ms": plain["p50_ms"], "bare_p90_ms": plain["p90_ms"],
-            "overhead_percent": overhead_percent(plain["p50_ms"], runtime["p50_ms"]),
+            "overhead_percent": spread["median"], "overhead_percent_min": spread["min"],
+            "overhead_percent_max": spread["max"],
             "overhead_ms": runtime["p50_ms"] - plain["p50_ms"],
             "max_abs_logit_diff": max_diff, "runtime": runtime, "bare": plain}
 
 
 def compare(onnx_path: str, batches: Sequence[int], seq: int, warmup: int, iterations: int,
-            seed: int = 0) -> Dict[str, Any]:
+            seed: int = 0, repeats: int = 1) -> Dict[str, Any]:
     import onnxruntime as ort
 
     from benchmarks.report import build_report
@@ -80,11 +81,12 @@ def compare(onnx_path: str, batches: Sequence[int], seq: int, warmup: int, itera
             session.find_profile({"input_ids": (batch, seq), "attention_mask": (batch, seq)})
         bare = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         rng = np.random.default_rng(seed)
-        results = [measure_point(classifier, bare, b, seq, warmup, iterations, rng)
+        results = [measure_point(classifier, bare, b, seq, warmup, iterations, rng, repeats)
                    for b in batches]
         classifier.close()
     settings = {"onnx": str(onnx_path), "batch": list(batches), "seq": seq, "warmup": warmup,
-                "iterations": iterations, "providers": ["CPUExecutionProvider"]}
+                "iterations": iterations, "repeats": repeats,
+                "providers": ["CPUExecutionProvider"]}
     return build_report("benchmarks/classifier_overhead.py", settings, results, "onnxruntime")
 
 
@@ -95,23 +97,28 @@ def compare(onnx_path: str, batches: Sequence[int], seq: int, warmup: int, itera
               help="Batch sizes, comma-separated.")
 @click.option("--seq", default=256, show_default=True, type=int)
 @click.option("--warmup", default=20, show_default=True, type=int)
-@click.option("--iterations", default=200, show_default=True, type=int)
+@click.option("--iterations", default=200, show_default=True, type=int,
+              help="interleaved runs per side and block")
+@click.option("--repeats", default=5, show_default=True, type=int,
+              help="blocks; the overhead is their median, with min..max")
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
               help="JSON report, e.g. results/classifier_overhead.json.")
 @exit_on_toolkit_error
-def main(onnx_path, batch_text, seq, warmup, iterations, output) -> None:
+def main(onnx_path, batch_text, seq, warmup, iterations, repeats, output) -> None:
     """Latency of runtime classification vs a bare InferenceSession.run, same inputs."""
     from benchmarks.report import format_table, write_report
     from runtime.bench import parse_int_list
 
-    if iterations < 1 or warmup < 0:
-        raise ToolkitError("expected --iterations >= 1 and --warmup >= 0")
-    report = compare(onnx_path, parse_int_list(batch_text, "--batch"), seq, warmup, iterations)
+    if iterations < 1 or warmup < 0 or repeats < 1:
+        raise ToolkitError("expected --iterations >= 1, --warmup >= 0 and --repeats >= 1")
+    report = compare(onnx_path, parse_int_list(batch_text, "--batch"), seq, warmup, iterations,
+                     repeats=repeats)
     click.echo(format_table(report["results"], [
         ("batch", "batch", "d"), ("seq", "seq", "d"),
         ("runtime_p50_ms", "runtime p50 ms", ".3f"), ("bare_p50_ms", "bare p50 ms", ".3f"),
         ("runtime_p90_ms", "runtime p90 ms", ".3f"), ("bare_p90_ms", "bare p90 ms", ".3f"),
         ("overhead_ms", "overhead ms", ".3f"), ("overhead_percent", "overhead %", ".1f"),
+        ("overhead_percent_min", "min %", ".1f"), ("overhead_percent_max", "max %", ".1f"),
         ("max_abs_logit_diff", "max |diff|", ".1e"),
     ]))
     if output:

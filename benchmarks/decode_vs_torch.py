@@ -5,11 +5,14 @@
 
 Host-side (it imports torch and train/). Batch 1, greedy, end-of-text ignored so both sides
 generate the same number of tokens (by default until the context is full, 200+ tokens for the
-trained model). For each side, over ``--repeats`` runs (best run reported):
+trained model). The two sides run interleaved: ``--repeats`` rounds, each one generation per
+side, the side that goes first alternating, so load on a shared machine hits both alike. Each
+figure is the median over the rounds, with its spread (min..max):
 
-- tokens/s of the whole generation, and the speedup of the runtime over PyTorch;
+- tokens/s of the whole generation, and the speedup of the runtime over PyTorch (per round);
 - per-token time near positions ``--positions`` (default 10 and 400): the median step time of
-  the steps whose cache held about that many positions, showing how a step grows with context;
+  the steps whose cache held about that many positions, and the ratio of the last position to
+  the first, showing how a step grows with context;
 - the greedy tokens of both, compared: the length of the common prefix (200+ expected);
 - the runtime's Python allocations over 100 decode steps (tracemalloc; ~0 bytes expected,
   since the decode loop reuses preallocated buffers).
@@ -96,12 +99,34 @@ def decode_allocations(generator, prompt_ids: List[int]) -> Dict[str, Any]:
 
 
 def summarise(name: str, runs: Sequence[Dict[str, Any]], positions: Sequence[int]):
-    best = min(runs, key=lambda r: r["seconds"])
-    row = {"backend": name, "tokens": len(best["tokens"]), "seconds": best["seconds"],
-           "tokens_per_s": len(best["tokens"]) / best["seconds"]}
+    """Median and spread over the rounds of tokens/s and of ms/token near each position."""
+    from benchmarks.measure import median_spread
+
+    rates = [len(r["tokens"]) / r["seconds"] for r in runs]
+    row: Dict[str, Any] = {"backend": name, "tokens": len(runs[0]["tokens"]),
+                           "tokens_per_s": float(np.median(rates)),
+                           "tokens_per_s_spread": median_spread(rates)}
     for p in positions:
-        row[f"ms_at_{p}"] = steps_near(best["positions"], best["step_ms"], p)
-    return row, best["tokens"]
+        near = [steps_near(r["positions"], r["step_ms"], p) for r in runs]
+        row[f"ms_at_{p}"] = float(np.median(near)) if None not in near else None
+    first, last = positions[0], positions[-1]
+    if len(positions) > 1 and row[f"ms_at_{first}"] is not None \
+            and row[f"ms_at_{last}"] is not None:
+        ratios = [steps_near(r["positions"], r["step_ms"], last)
+                  / steps_near(r["positions"], r["step_ms"], first) for r in runs]
+        row[f"ratio_{last}_{first}"] = median_spread(ratios)
+    return row, runs[0]["tokens"]
+
+
+def interleaved_runs(runtime_side, torch_side, repeats: int):
+    """``repeats`` rounds of one run per side; the side that goes first alternates."""
+    runtime_runs: List[Dict[str, Any]] = []
+    torch_runs: List[Dict[str, Any]] = []
+    for i in range(repeats):
+        order = [(runtime_side, runtime_runs), (torch_side, torch_runs)]
+        for side, runs in (order if i % 2 == 0 else order[::-1]):
+            runs.append(side())
+    return runtime_runs, torch_runs
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -116,7 +141,8 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 def compare(checkpoint: str, onnx_path: str, prompt: str, new_tokens: int | None, repeats: int,
             positions: Sequence[int]) -> Dict[str, Any]:
     """Run both sides and return the report (see the module docstring)."""
-    from benchmarks.report import build_report, speedup
+    from benchmarks.measure import median_spread
+    from benchmarks.report import build_report
     from common.fileio import sha256_file
     from runtime.generate import Generator, encode_prompt, open_decoder
     from runtime.session import open_session
@@ -136,19 +162,22 @@ def compare(checkpoint: str, onnx_path: str, prompt: str, new_tokens: int | None
         n = room if new_tokens is None else new_tokens
         if not 1 <= n <= room:
             raise ToolkitError(f"--new-tokens {n}: the prompt leaves room for 1..{room} tokens")
-        runtime_runs = [run_runtime(generator, prompt_ids, n) for _ in range(repeats)]
-        torch_runs = [run_torch(model, prompt_ids, n) for _ in range(repeats)]
+        runtime_runs, torch_runs = interleaved_runs(
+            lambda: run_runtime(generator, prompt_ids, n),
+            lambda: run_torch(model, prompt_ids, n), repeats)
         allocations = decode_allocations(generator, prompt_ids)
         generator.close()
     runtime_row, runtime_tokens = summarise("runtime (onnxruntime)", runtime_runs, positions)
     torch_row, torch_tokens = summarise("pytorch eager", torch_runs, positions)
     same = common_prefix(runtime_tokens, torch_tokens)
+    speedups = [(len(a["tokens"]) / a["seconds"]) / (len(b["tokens"]) / b["seconds"])
+                for a, b in zip(runtime_runs, torch_runs)]
     settings = {"checkpoint": checkpoint, "onnx": onnx_path, "prompt": prompt, "batch": 1,
                 "prompt_tokens": len(prompt_ids), "new_tokens": n, "repeats": repeats,
                 "positions": list(positions), "sampling": "greedy, end-of-text ignored"}
     return build_report(
         "benchmarks/decode_vs_torch.py", settings, [runtime_row, torch_row], "onnxruntime",
-        speedup=speedup(torch_row["tokens_per_s"], runtime_row["tokens_per_s"]),
+        speedup=float(np.median(speedups)), speedup_spread=median_spread(speedups),
         greedy={"equal_prefix_tokens": same, "compared": min(len(runtime_tokens),
                                                              len(torch_tokens)),
                 "all_equal": runtime_tokens == torch_tokens},
@@ -163,7 +192,8 @@ def compare(checkpoint: str, onnx_path: str, prompt: str, new_tokens: int | None
 @click.option("--prompt", default="Once upon a time", show_default=True)
 @click.option("--new-tokens", type=int, default=None,
               help="Tokens to generate [default: until the context is full].")
-@click.option("--repeats", default=3, show_default=True, type=int)
+@click.option("--repeats", default=5, show_default=True, type=int,
+              help="interleaved rounds (one generation per side each)")
 @click.option("--positions", default="10,400", show_default=True,
               help="Cache lengths at which per-token time is reported.")
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
@@ -183,7 +213,15 @@ def main(checkpoint, onnx_path, prompt, new_tokens, repeats, positions, output) 
     columns += [(f"ms_at_{p}", f"ms/token @{p}", ".3f") for p in points]
     click.echo(format_table(report["results"], columns))
     greedy, alloc = report["greedy"], report["decode_allocations"]
-    click.echo(f"speedup of the runtime: {report['speedup']:.2f}x")
+    spread = report["speedup_spread"]
+    click.echo(f"speedup of the runtime: {report['speedup']:.2f}x (median of {spread['n']} "
+               f"interleaved rounds, {spread['min']:.2f}..{spread['max']:.2f})")
+    for row in report["results"]:
+        key = next((k for k in row if k.startswith("ratio_")), None)
+        if key:
+            r = row[key]
+            click.echo(f"{row['backend']}: ms/token {key[6:].replace('_', ' vs ')}: "
+                       f"{r['median']:.2f}x ({r['min']:.2f}..{r['max']:.2f})")
     click.echo(f"greedy tokens equal for {greedy['equal_prefix_tokens']} of {greedy['compared']}")
     if alloc["net_bytes"] is not None:
         click.echo(f"runtime decode loop: {alloc['net_bytes']} bytes net allocated over "

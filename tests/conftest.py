@@ -16,7 +16,9 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-for path in (ROOT, TESTS, TESTS / "fixtures"):  # packages, tiny_data, make_fixtures
+# Not tests/ itself: tests/triton would then import as a package named "triton" and shadow
+# OpenAI Triton, which torch._dynamo (imported by transformers) probes for.
+for path in (ROOT, TESTS / "fixtures"):  # the packages; tiny_data, make_fixtures
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 

@@ -21,7 +21,8 @@ import torch
 
 from common.errors import ToolkitError
 from common.fileio import atomic_write_bytes, sha256_file
-from train.model import ModelConfig, build_model, config_from_dict, config_to_dict
+from train.hf_model import build_model, config_from_dict, config_to_dict  # + HF encoders
+from train.model import ModelConfig
 
 FORMAT = "jetson-toolkit/checkpoint"
 VERSION = 1

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from common.errors import ToolkitError
 from common.fileio import atomic_write_json, read_json
 from train.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
-from train.model import ModelConfig, build_model, count_parameters
+from train.hf_model import build_model  # our models and fine-tuned HF encoders
+from train.model import ModelConfig, count_parameters
 
 
 @dataclass(frozen=True)
@@ -333,7 +334,9 @@ def report_run(out_dir: Path, summary: Dict[str, Any], kind: str, log=print) -> 
     from train.checkpoint import TOKENIZER_FILE
     from train.plots import plot_history
 
-    pngs = plot_history({"kind": kind, "epochs": summary["history"]}, out_dir)
+    # A run stopped by max_steps inside its first epoch has no evaluated epoch to draw yet.
+    pngs = plot_history({"kind": kind, "epochs": summary["history"]}, out_dir) \
+        if summary["history"] else []
     log(f"trained {summary['steps']} steps in {summary['elapsed_s']:.0f} s")
     names = ["best.pt", "last.pt", TOKENIZER_FILE, "history.json"]
     for path in [out_dir / name for name in names] + pngs:

@@ -1,0 +1,303 @@
+"""A bounded load test of a running tritonserver on loopback: classify clients and streams at once.
+
+    python -m benchmarks.triton_load --http-url 127.0.0.1:8000 --grpc-url 127.0.0.1:8001 \
+        --clients 8 --streams 2 --duration 20 --server-pid $(cat triton.pid)
+
+``--clients`` threads each hold one connection and send one review at a time through the
+``imdb`` ensemble (batch 1 per request, as a single-stream edge client does: batching them is
+the server's dynamic batcher's job) for ``--duration`` seconds; at the same time ``--streams``
+threads each stream stories from ``tinystories_generate`` over gRPC, one after another, until
+the deadline. Reported: requests/s and p50/p99/mean latency of the classify requests, streams
+and tokens/s with the time to first token, every failed request (a failure is never retried
+or hidden: any makes the command exit 2), and the resident memory of the server and of its
+python backend stubs (``/proc/<pid>/status`` VmRSS of the server and its descendants) before
+and after. Texts are generated review-like ones of 5..120 words, or ``--reviews FILE`` (real
+reviews). ``run_load`` is the library entry the tests call with short settings.
+"""
+from __future__ import annotations
+
+if __package__ in (None, ""):  # run by path: the repository root replaces benchmarks/
+    import os
+    import sys
+
+    _HERE = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+    sys.path.insert(0, os.path.dirname(_HERE))
+
+import json
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import click
+
+from common.errors import ToolkitError, exit_on_toolkit_error
+from common.fileio import atomic_write_json
+
+REVIEW_WORDS = ("the film was a great story with good acting and a bad ending not very "
+                "awful loved hated boring wonderful plot actors scenes music slow fast "
+                "funny sad long short").split()
+
+
+def read_texts(path: str, limit: int = 1000) -> List[str]:
+    """Texts of a ``.jsonl`` of ``{"text": ...}`` lines (the IMDB split files), or one per line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ToolkitError(f"--reviews {p}: not found")
+    texts: List[str] = []
+    with open(p, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if len(texts) >= limit:
+                break
+            if not line.strip():
+                continue
+            if p.suffix == ".jsonl":
+                try:
+                    texts.append(str(json.loads(line)["text"]))
+                except (ValueError, KeyError, TypeError):
+                    raise ToolkitError(f"--reviews {p}:{number}: expected a JSON object with "
+                                       f"a 'text' field") from None
+            else:
+                texts.append(line.strip())
+    if not texts:
+        raise ToolkitError(f"--reviews {p}: no texts")
+    return texts
+
+
+def sample_reviews(n: int = 64, seed: int = 0) -> List[str]:
+    """Review-like texts of 5..120 words, so requests differ in length as real ones do."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(REVIEW_WORDS) for _ in range(rng.randint(5, 120)))
+            for _ in range(n)]
+
+
+# -- server memory ----------------------------------------------------------------------------
+def _rss_kib(pid: int) -> Optional[int]:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _descendants(pid: int) -> List[int]:
+    found: List[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found.extend(children)
+            todo.extend(children)
+    return found
+
+
+def server_memory(pid: Optional[int]) -> Optional[Dict[str, float]]:
+    """RSS (MiB) of tritonserver ``pid`` and of its descendants (the python backend stubs)."""
+    if pid is None:
+        return None
+    server = _rss_kib(pid)
+    if server is None:
+        raise ToolkitError(f"--server-pid {pid}: no /proc/{pid}/status (not running here?)")
+    stubs = [kib for kib in (_rss_kib(child) for child in _descendants(pid)) if kib is not None]
+    return {"server_rss_mib": server / 1024, "stubs_rss_mib": sum(stubs) / 1024,
+            "stub_processes": len(stubs), "total_rss_mib": (server + sum(stubs)) / 1024}
+
+
+# -- workers ----------------------------------------------------------------------------------
+class _Tally:
+    """What the workers record; appends from threads (list.append is atomic under the GIL)."""
+
+    def __init__(self) -> None:
+        self.latencies_ms: List[float] = []  # one per successful classify request
+        self.failures: List[str] = []
+        self.streams = 0
+        self.tokens = 0
+        self.first_token_ms: List[float] = []
+        self.stream_failures: List[str] = []
+
+
+def _classify_worker(url: str, protocol: str, texts: Sequence[str], offset: int,
+                     deadline: float, tally: _Tally) -> None:
+    from triton_repo.client import ClassifierClient
+
+    try:
+        client = ClassifierClient(url, protocol)
+    except Exception as exc:  # counted as a failure and reported: the run then exits 2
+        tally.failures.append(f"connect: {exc}")
+        return
+    i = offset
+    try:
+        while time.perf_counter() < deadline:
+            text = texts[i % len(texts)]
+            i += 1
+            start = time.perf_counter()
+            try:
+                (prediction,) = client.classify([text])
+                if prediction.probabilities.size < 2:
+                    raise ToolkitError(f"PROBABILITIES of shape {prediction.probabilities.shape}")
+            except Exception as exc:  # counted and reported, never hidden
+                tally.failures.append(str(exc))
+                continue
+            tally.latencies_ms.append((time.perf_counter() - start) * 1e3)
+    finally:
+        client.close()
+
+
+def _stream_worker(url: str, prompts: Sequence[str], offset: int, max_new_tokens: int,
+                   deadline: float, tally: _Tally) -> None:
+    from triton_repo.client import generate
+
+    i = offset
+    while time.perf_counter() < deadline:
+        prompt = prompts[i % len(prompts)]
+        i += 1
+        start = time.perf_counter()
+        first: Optional[float] = None
+        tokens = 0
+        try:
+            for event in generate(url, prompt, max_new_tokens=max_new_tokens):
+                if event.token_id is not None:
+                    tokens += 1
+                    if first is None:
+                        first = (time.perf_counter() - start) * 1e3
+                if event.final and event.stop_reason not in ("eos", "max_new_tokens", "context"):
+                    raise ToolkitError(f"unknown stop reason {event.stop_reason!r}")
+        except Exception as exc:  # counted and reported, never hidden
+            tally.stream_failures.append(str(exc))
+            continue
+        tally.streams += 1
+        tally.tokens += tokens
+        if first is not None:
+            tally.first_token_ms.append(first)
+
+
+def run_load(http_url: str, grpc_url: str, clients: int = 8, streams: int = 2,
+             duration_s: float = 20.0, protocol: str = "http", server_pid: Optional[int] = None,
+             max_new_tokens: int = 64, texts: Optional[Sequence[str]] = None,
+             prompts: Sequence[str] = ("Once upon a time", "The little dog", "One day, a girl"),
+             wait_s: float = 30.0) -> Dict[str, Any]:
+    """Run the load for ``duration_s``; return the figures (see the module docstring)."""
+    from runtime.bench import latency_stats
+    from triton_repo.client import CLASSIFIER_MODEL, GENERATOR_MODEL, wait_until_ready
+
+    if clients < 0 or streams < 0 or clients + streams == 0:
+        raise ToolkitError(f"--clients {clients} --streams {streams}: expected at least one")
+    if duration_s <= 0:
+        raise ToolkitError(f"--duration {duration_s}: expected seconds > 0")
+    class_url = http_url if protocol == "http" else grpc_url
+    if clients:
+        wait_until_ready(class_url, protocol, [CLASSIFIER_MODEL], wait_s)
+    if streams:
+        wait_until_ready(grpc_url, "grpc", [GENERATOR_MODEL], wait_s)
+    texts = list(texts) if texts else sample_reviews()
+    memory_before = server_memory(server_pid)
+    tally = _Tally()
+    start = time.perf_counter()
+    deadline = start + duration_s
+    threads = [threading.Thread(target=_classify_worker, name=f"classify-{i}",
+                                args=(class_url, protocol, texts, i * 7, deadline, tally))
+               for i in range(clients)]
+    threads += [threading.Thread(target=_stream_worker, name=f"stream-{i}",
+                                 args=(grpc_url, list(prompts), i, max_new_tokens, deadline,
+                                       tally))
+                for i in range(streams)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start  # includes the last requests after the deadline
+    memory_after = server_memory(server_pid)
+    report: Dict[str, Any] = {
+        "duration_s": elapsed, "clients": clients, "streams": streams, "protocol": protocol,
+        "classify": {"requests": len(tally.latencies_ms), "failed": len(tally.failures),
+                     "requests_per_s": len(tally.latencies_ms) / elapsed,
+                     "failures": tally.failures[:10]},
+        "generate": {"streams": tally.streams, "failed": len(tally.stream_failures),
+                     "tokens": tally.tokens, "tokens_per_s": tally.tokens / elapsed,
+                     "max_new_tokens": max_new_tokens, "failures": tally.stream_failures[:10]},
+        "memory_before": memory_before, "memory_after": memory_after,
+    }
+    if tally.latencies_ms:
+        report["classify"]["latency"] = latency_stats(tally.latencies_ms)
+    if tally.first_token_ms:
+        report["generate"]["first_token"] = latency_stats(tally.first_token_ms)
+    return report
+
+
+def summary_lines(report: Dict[str, Any]) -> List[str]:
+    c, g = report["classify"], report["generate"]
+    lines = [f"load: {report['clients']} classify clients ({report['protocol']}) + "
+             f"{report['streams']} gRPC streams for {report['duration_s']:.1f} s"]
+    if report["clients"]:
+        lat = c.get("latency") or {}
+        lines.append(f"classify: {c['requests']} requests, {c['requests_per_s']:.1f} req/s, "
+                     f"p50 {lat.get('p50_ms', float('nan')):.2f} ms, "
+                     f"p99 {lat.get('p99_ms', float('nan')):.2f} ms, failed {c['failed']}")
+    if report["streams"]:
+        ftl = g.get("first_token") or {}
+        lines.append(f"generate: {g['streams']} streams, {g['tokens']} tokens, "
+                     f"{g['tokens_per_s']:.1f} tokens/s, first token p50 "
+                     f"{ftl.get('p50_ms', float('nan')):.1f} ms, failed {g['failed']}")
+    for when in ("before", "after"):
+        mem = report[f"memory_{when}"]
+        if mem:
+            lines.append(f"server memory {when}: tritonserver {mem['server_rss_mib']:.1f} MiB + "
+                         f"{mem['stub_processes']} stubs {mem['stubs_rss_mib']:.1f} MiB = "
+                         f"{mem['total_rss_mib']:.1f} MiB")
+    for failure in c["failures"] + g["failures"]:
+        lines.append(f"failure: {failure}")
+    return lines
+
+
+@click.command()
+@click.option("--http-url", default="127.0.0.1:8000", show_default=True)
+@click.option("--grpc-url", default="127.0.0.1:8001", show_default=True)
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http",
+              show_default=True, help="Protocol of the classify clients (streams are gRPC).")
+@click.option("--clients", default=8, show_default=True, help="Concurrent classify clients.")
+@click.option("--streams", default=2, show_default=True, help="Concurrent generation streams.")
+@click.option("--duration", "duration_s", default=20.0, show_default=True, help="Seconds.")
+@click.option("--max-new-tokens", default=64, show_default=True, help="Tokens per stream.")
+@click.option("--reviews", type=click.Path(dir_okay=False), default=None,
+              help="Texts to send: a .jsonl with a 'text' field (e.g. the IMDB test split) "
+                   "or one per line; its first 1000 (default: generated review-like texts).")
+@click.option("--server-pid", type=int, default=None,
+              help="tritonserver's pid (run_triton.sh prints it): report its memory.")
+@click.option("--wait", "wait_s", default=30.0, show_default=True,
+              help="Seconds to wait for the server and models to be ready first.")
+@click.option("--output", type=click.Path(dir_okay=False), default=None,
+              help="Write the figures as JSON here.")
+@exit_on_toolkit_error
+def main(http_url: str, grpc_url: str, protocol: str, clients: int, streams: int,
+         duration_s: float, max_new_tokens: int, reviews: Optional[str],
+         server_pid: Optional[int], wait_s: float, output: Optional[str]) -> None:
+    """Load a running tritonserver with classify clients and streams; print the figures."""
+    report = run_load(http_url, grpc_url, clients, streams, duration_s, protocol, server_pid,
+                      max_new_tokens, texts=read_texts(reviews) if reviews else None,
+                      wait_s=wait_s)
+    for line in summary_lines(report):
+        click.echo(line)
+    if output:
+        atomic_write_json(output, report)
+        click.echo(f"wrote {output}")
+    failed = report["classify"]["failed"] + report["generate"]["failed"]
+    if failed:
+        raise ToolkitError(f"{failed} failed requests (listed above)")
+    if clients and not report["classify"]["requests"]:
+        raise ToolkitError("no classify request completed")
+    if streams and not report["generate"]["streams"]:
+        raise ToolkitError("no stream completed")
+    click.echo(json.dumps({"requests_per_s": round(report["classify"]["requests_per_s"], 2),
+                           "failed": failed}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,272 @@
+"""Export a Hugging Face checkpoint folder to ONNX with this project's interface and sidecar.
+
+    python -m export.hf --model DIR --output models/NAME.onnx [--task classifier|decoder]
+
+DIR is a ``save_pretrained`` folder (config.json, weights, tokenizer.json), loaded offline
+(``local_files_only``, never remote code), or a ``.pt`` checkpoint of ``train.hf_finetune``.
+BERT, DistilBERT and RoBERTa become classifiers (their sequence-classification head, or for a
+bare encoder masked mean pooling + a Linear head from ``--head-seed``); GPT-2, GPT-Neo and Llama
+become decoders with the position-major per-layer KV cache. The graph is our own wrapper of the
+model's modules (``export/hf_encoders.py``, ``export/hf_decoders.py``), traced, simplified and
+checked as ``export/onnx_model.py`` does; parity is against transformers' forward and greedy
+``generate`` (``export/hf_parity.py``). Written atomically: NAME.onnx, NAME.onnx.json (sidecar,
+with the HF config under ``model_config``) and NAME.tokenizer.json (the folder's tokenizer.json).
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Sequence
+
+if __package__ in (None, ""):  # run by path: python export/hf.py
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import click
+
+from common.errors import ToolkitError, exit_on_toolkit_error
+from common.fileio import sha256_file
+from export.onnx_model import (
+    OPSET,
+    axis_ranges,
+    check_graph,
+    describe_export,
+    io_spec,
+    read_texts,
+    stamp_io_shapes,
+    tokenizer_file,
+    trace_to_onnx,
+    write_artifacts,
+)
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """The fields ``export.onnx_model.io_spec``/``axis_ranges`` read from a model config."""
+
+    kind: str
+    vocab_size: int
+    max_seq_len: int
+    num_labels: int = 0
+    n_layers: int = 0
+    kv_dim: int = 0
+
+
+def export_hf(model_dir: str | Path, output: str | Path, *, task: str | None = None,
+              max_batch: int = 64, topk: int = 64, max_seq_len: int | None = None,
+              num_labels: int = 2, head_seed: int = 0, simplify: bool = True,
+              check_parity: bool = True, parity_texts: Sequence[str] | None = None,
+              greedy_tokens: int = 200, opset: int = OPSET) -> Path:
+    """Export ``model_dir`` to ``output`` (.onnx) with sidecar and tokenizer; returns ``output``."""
+    from export.hf_load import load_hf
+
+    started = time.perf_counter()
+    output = Path(output)
+    if output.suffix != ".onnx":
+        raise ToolkitError(f"--output {output}: expected a path ending in .onnx")
+    if max_batch < 1:
+        raise ToolkitError(f"--max-batch {max_batch}: expected a positive integer")
+    loaded = load_hf(model_dir, task=task, num_labels=num_labels, head_seed=head_seed)
+    wrapper, spec = build_wrapper(loaded, topk, max_seq_len)
+    with tempfile.TemporaryDirectory(prefix="hf-export-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        simplifier, note = build_graph(wrapper, spec, path, topk, opset, simplify, output)
+        export_seconds = time.perf_counter() - started
+        parity = None
+        if check_parity:
+            parity = run_parity(loaded, spec, path, max_batch, parity_texts, greedy_tokens)
+            parity["seconds"] = time.perf_counter() - started - export_seconds
+        from export.preflight import preflight_report
+
+        preflight = preflight_report(path)
+        onnx_bytes = path.read_bytes()
+        # The folder's tokenizer.json with padding and truncation switched off (hf_load).
+        tokenizer_copy = Path(tmp) / "tokenizer.json"
+        tokenizer_copy.write_text(loaded.tokenizer.to_str(pretty=False), encoding="utf-8")
+        sidecar = build_sidecar(loaded, spec, output, onnx_bytes, topk, opset, max_batch)
+        sidecar.update(simplifier=simplifier, simplifier_note=note, preflight=preflight,
+                       export_seconds=export_seconds, parity=parity,
+                       tokenizer_sha256=sha256_file(tokenizer_copy),
+                       tokenizer_source_sha256=sha256_file(loaded.tokenizer_path))
+        write_artifacts(output, onnx_bytes, tokenizer_copy, sidecar)
+    return output
+
+
+def build_wrapper(loaded, topk: int, max_seq_len: int | None):
+    """(wrapper module in eval mode, GraphSpec) of a loaded HF model."""
+    if loaded.kind == "classifier":
+        from export.hf_encoders import encoder_wrapper
+        from train.hf_model import usable_positions
+
+        limit = usable_positions(loaded.model_type, loaded.hf_config.to_dict())
+        trained = getattr(getattr(loaded.model, "cfg", None), "max_seq_len", None)
+        limit = min(limit, trained or limit)  # a fine-tuned model: the length it was trained at
+        wrapper = encoder_wrapper(loaded)
+        spec = GraphSpec("classifier", wrapper.vocab_size, _context(max_seq_len, limit),
+                         num_labels=len(loaded.labels))
+        return wrapper, spec
+    from export.hf_decoders import decoder_wrapper, max_positions
+
+    seq = _context(max_seq_len, max_positions(loaded.hf_config))
+    wrapper = decoder_wrapper(loaded, topk, seq)
+    return wrapper, GraphSpec("decoder", wrapper.vocab_size, seq, n_layers=wrapper.n_layers,
+                              kv_dim=wrapper.kv_dim)
+
+
+def _context(requested: int | None, limit: int) -> int:
+    if requested is None:
+        return limit
+    if not 1 <= requested <= limit:
+        raise ToolkitError(f"--max-seq-len {requested}: the model has positions for 1..{limit}")
+    return requested
+
+
+def build_graph(wrapper, spec: GraphSpec, path: Path, topk: int, opset: int, simplify: bool,
+                where: Path):
+    """Trace, simplify, stamp and check the graph; save it to ``path``. -> (simplifier, note)."""
+    import onnx
+
+    from export.wrappers import count_layernorms
+
+    inputs, outputs = io_spec(spec, topk)
+    trace_to_onnx(wrapper, path, opset)
+    model = onnx.load(str(path))
+    simplifier, note = "none", ""
+    if simplify:
+        from export.simplify import simplify_model
+
+        model, simplifier, note = simplify_model(model)
+    stamp_io_shapes(model, inputs, outputs)
+    check_graph(model, inputs, outputs, count_layernorms(wrapper), opset, where)
+    onnx.save(model, str(path))
+    return simplifier, note
+
+
+def special_tokens(loaded) -> Dict[str, int | None]:
+    """pad/eos/cls ids from the HF config, else from the tokenizer's usual names."""
+    cfg, tok = loaded.hf_config, loaded.tokenizer
+
+    def first(value):
+        return value[0] if isinstance(value, (list, tuple)) else value
+
+    def named(*names):
+        return next((tok.token_to_id(n) for n in names if tok.token_to_id(n) is not None), None)
+
+    eos = first(getattr(cfg, "eos_token_id", None))
+    if eos is None:
+        eos = named("<|endoftext|>", "</s>") if loaded.kind == "decoder" else None
+    pad = first(getattr(cfg, "pad_token_id", None))
+    if pad is None:
+        pad = named("[PAD]", "<pad>") if loaded.kind == "classifier" else eos
+    cls = named("[CLS]", "<s>") if loaded.kind == "classifier" else None
+    ids = {"pad_id": pad, "eos_id": eos, "cls_id": cls}
+    rows = loaded.model.get_input_embeddings().weight.shape[0] \
+        if hasattr(loaded.model, "get_input_embeddings") else loaded.hf_config.vocab_size
+    for key, value in ids.items():
+        if value is not None and not 0 <= int(value) < rows:
+            raise ToolkitError(f"{loaded.source}: {key} {value} is outside the vocabulary "
+                               f"(0..{rows - 1}); fix the config's special token ids")
+    return ids
+
+
+def build_sidecar(loaded, spec: GraphSpec, output: Path, onnx_bytes: bytes, topk: int,
+                  opset: int, max_batch: int) -> Dict[str, Any]:
+    import onnx
+    import torch
+    import transformers
+
+    inputs, outputs = io_spec(spec, topk)
+    model_config = {
+        "kind": spec.kind, "source": "transformers", "model_type": loaded.model_type,
+        "architectures": list(getattr(loaded.hf_config, "architectures", None) or []),
+        "head": loaded.head, "head_note": loaded.head_note,
+        "hf_config": loaded.hf_config.to_dict(),
+    }
+    sidecar = {
+        "kind": spec.kind, "opset": opset, "inputs": inputs, "outputs": outputs,
+        "dynamic_axes": axis_ranges(spec, max_batch), "vocab_size": spec.vocab_size,
+        "max_seq_len": spec.max_seq_len, "special_tokens": special_tokens(loaded),
+        "tokenizer": tokenizer_file(output).name, "model_config": model_config,
+        "checkpoint": str(loaded.source), "checkpoint_sha256": loaded.sha256(),
+        "tokenizer_sha256": sha256_file(loaded.tokenizer_path),
+        "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+        "torch_version": torch.__version__, "onnx_version": onnx.__version__,
+        "transformers_version": transformers.__version__,
+    }
+    if spec.kind == "decoder":
+        sidecar.update(topk=topk, kv_cache={"layers": spec.n_layers, "kv_dim": spec.kv_dim,
+                                            "layout": "position-major", "dtype": "float32"})
+    else:
+        sidecar["labels"] = list(loaded.labels)
+    return sidecar
+
+
+def run_parity(loaded, spec: GraphSpec, onnx_path: Path, max_batch: int, texts, greedy_tokens):
+    from export.hf_parity import check_hf_classifier_parity, check_hf_decoder_parity
+    from export.parity import DEFAULT_BATCHES
+
+    batches = sorted({min(b, max_batch) for b in DEFAULT_BATCHES})
+    if spec.kind == "classifier":
+        return check_hf_classifier_parity(
+            loaded.model, onnx_path, vocab_size=spec.vocab_size, max_seq_len=spec.max_seq_len,
+            pad_id=special_tokens(loaded)["pad_id"], batches=batches, texts=texts,
+            tokenizer=loaded.tokenizer)
+    prompt = None
+    if texts:
+        prompt = loaded.tokenizer.encode(texts[0]).ids[: spec.max_seq_len // 2] or None
+    return check_hf_decoder_parity(loaded.model, onnx_path, vocab_size=spec.vocab_size,
+                                   max_seq_len=spec.max_seq_len, batches=batches,
+                                   prompt_ids=prompt, greedy_tokens=greedy_tokens)
+
+
+def describe_hf_export(output: Path) -> str:
+    from common.artifacts import load_onnx_sidecar
+
+    sidecar = load_onnx_sidecar(output)
+    config = sidecar["model_config"]
+    lines = [f"{config['model_type']} ({', '.join(config['architectures']) or 'no architectures'}"
+             f"), head: {config['head']}"]
+    if config["head_note"]:
+        lines.append(f"note: {config['head_note']}")
+    if sidecar["parity"]:
+        lines.append(f"parity reference: transformers {sidecar['transformers_version']}")
+    return "\n".join(lines + [describe_export(output)])
+
+
+@click.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="save_pretrained folder (or a train.hf_finetune checkpoint .pt).")
+@click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="ONNX file to write, e.g. models/minilm.onnx.")
+@click.option("--task", type=click.Choice(["classifier", "decoder"]), default=None,
+              help="Refuse a model of the other kind.")
+@click.option("--max-batch", default=64, show_default=True, help="Largest batch in the sidecar.")
+@click.option("--topk", default=64, show_default=True, help="K of the decoder's top-K outputs.")
+@click.option("--max-seq-len", type=int, default=None,
+              help="Context of the graph [default: the model's positions].")
+@click.option("--num-labels", default=2, show_default=True,
+              help="Labels of the head made for a bare encoder.")
+@click.option("--head-seed", default=0, show_default=True,
+              help="Seed of the head made for a bare encoder.")
+@click.option("--no-simplify", is_flag=True, help="Keep the graph as traced (no onnxsim).")
+@click.option("--no-parity", is_flag=True, help="Skip the ONNX Runtime vs transformers check.")
+@click.option("--parity-texts", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Text file, one text a line, for the parity check on real tokens.")
+@click.option("--greedy-tokens", default=200, show_default=True,
+              help="Decoder: greedy tokens compared with transformers' generate.")
+@exit_on_toolkit_error
+def main(model_dir, output, task, max_batch, topk, max_seq_len, num_labels, head_seed,
+         no_simplify, no_parity, parity_texts, greedy_tokens) -> None:
+    """Export a Hugging Face model folder to ONNX with its sidecar and tokenizer."""
+    export_hf(model_dir, output, task=task, max_batch=max_batch, topk=topk,
+              max_seq_len=max_seq_len, num_labels=num_labels, head_seed=head_seed,
+              simplify=not no_simplify, check_parity=not no_parity,
+              parity_texts=read_texts(parity_texts), greedy_tokens=greedy_tokens)
+    click.echo(describe_hf_export(output))
+
+
+if __name__ == "__main__":
+    main()

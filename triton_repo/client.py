@@ -1,0 +1,363 @@
+"""A client of the served repository: classify through the ``imdb`` ensemble, stream stories.
+
+    python -m triton_repo.client classify --url 127.0.0.1:8000 "A wonderful film." "Dull."
+    python -m triton_repo.client classify --protocol grpc --url 127.0.0.1:8001 --json "..."
+    python -m triton_repo.client generate --url 127.0.0.1:8001 --prompt "Once upon a time"
+    python -m triton_repo.client ready --url 127.0.0.1:8000 --model imdb --timeout 60
+
+Classification goes over HTTP or gRPC: the texts are sent as one ``TEXT`` batch (``[n, 1]``
+BYTES, UTF-8), split at the model's ``max_batch_size``; each row comes back as ``LABEL`` and
+``PROBABILITIES`` (in the sidecar's label order). Generation streams over gRPC (tritonclient's
+HTTP client has no decoupled streaming): one response per token, then a final one that carries
+the stop reason. Each stream gets its own gRPC client, since a client holds one stream at a time.
+
+Every failure the user can act on (server down, model missing or not ready, an error response)
+is a one-line ``ToolkitError`` naming the URL and the model. tritonclient is imported inside the
+functions, so ``--help`` works without it.
+"""
+from __future__ import annotations
+
+if __package__ in (None, ""):  # run by path: the repository root replaces triton_repo/
+    import os
+    import sys
+
+    _HERE = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+    sys.path.insert(0, os.path.dirname(_HERE))
+
+import json
+import queue
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import click
+import numpy as np
+
+from common.errors import ToolkitError, exit_on_toolkit_error
+
+PROTOCOLS = ("http", "grpc")
+DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
+CLASSIFIER_MODEL = "imdb"
+GENERATOR_MODEL = "tinystories_generate"
+
+
+@dataclass
+class ServedPrediction:
+    label: str
+    probabilities: np.ndarray  # (num_labels,) float32, in the sidecar's label order
+
+
+@dataclass
+class StreamEvent:
+    """One streamed response: a token and its text piece, or the final stop reason."""
+    token_id: Optional[int]  # None on the final response
+    text: str
+    stop_reason: str  # "" while streaming; "eos" | "max_new_tokens" | "context" at the end
+
+    @property
+    def final(self) -> bool:
+        return self.stop_reason != ""
+
+
+def _strip_scheme(url: str) -> str:
+    for scheme in ("http://", "https://", "grpc://"):
+        if url.startswith(scheme):
+            return url[len(scheme):]
+    return url
+
+
+def _describe(exc: BaseException) -> str:
+    """One line from a tritonclient/transport exception (its messages can span lines)."""
+    message = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
+    line = " ".join(str(message or type(exc).__name__).split())
+    return line[:300]
+
+
+def _transport_errors() -> tuple:
+    """Exceptions that mean "the server did not answer / refused" on either protocol."""
+    from tritonclient.utils import InferenceServerException
+
+    return (InferenceServerException, OSError, ConnectionError, TimeoutError)
+
+
+def connect(url: str, protocol: str = "http", timeout_s: float = 60.0):
+    """A tritonclient InferenceServerClient for ``url`` (host:port); nothing is sent yet."""
+    if protocol not in PROTOCOLS:
+        raise ToolkitError(f"protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    url = _strip_scheme(url)
+    if protocol == "http":
+        import tritonclient.http as httpclient
+
+        return httpclient.InferenceServerClient(url, connection_timeout=timeout_s,
+                                                network_timeout=timeout_s)
+    import tritonclient.grpc as grpcclient
+
+    return grpcclient.InferenceServerClient(url)
+
+
+def wait_until_ready(url: str, protocol: str = "http", models: Sequence[str] = (),
+                     timeout_s: float = 30.0, poll_s: float = 0.2) -> None:
+    """Return once the server and every model in ``models`` are ready; else ToolkitError."""
+    client = connect(url, protocol, timeout_s=max(poll_s, 2.0))
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    try:
+        while True:
+            try:
+                if client.is_server_ready():
+                    waiting = [m for m in models if not client.is_model_ready(m)]
+                    if not waiting:
+                        return
+                    last = f"model(s) {', '.join(waiting)} not ready"
+                else:
+                    last = "server not ready"
+            except _transport_errors() as exc:
+                last = _describe(exc)
+            if time.monotonic() >= deadline:
+                raise ToolkitError(f"triton at {url} ({protocol}) not ready after "
+                                   f"{timeout_s:g} s: {last}")
+            time.sleep(poll_s)
+    finally:
+        client.close()
+
+
+def check_model(client, url: str, protocol: str, model: str) -> Dict[str, Any]:
+    """The model's config as a dict; ToolkitError when the server is down or the model absent."""
+    try:
+        live = client.is_server_live()
+    except _transport_errors() as exc:
+        raise ToolkitError(f"triton at {url} ({protocol}) does not answer: {_describe(exc)} "
+                           f"(is it running? jetson/run_triton.sh starts it)") from None
+    if not live:
+        raise ToolkitError(f"triton at {url} ({protocol}) is not live")
+    try:
+        ready = client.is_model_ready(model)
+    except _transport_errors() as exc:
+        raise ToolkitError(f"triton at {url}: model {model!r}: {_describe(exc)}") from None
+    if not ready:
+        raise ToolkitError(f"triton at {url}: model {model!r} is not loaded or not ready "
+                           f"(see the server log; the repository must contain it)")
+    try:
+        config = client.get_model_config(model, as_json=True) if protocol == "grpc" else \
+            client.get_model_config(model)
+    except _transport_errors() as exc:
+        raise ToolkitError(f"triton at {url}: model {model!r} config: {_describe(exc)}") from None
+    return config.get("config", config)
+
+
+def text_tensor(texts: Sequence[str], batched: bool = True) -> np.ndarray:
+    """UTF-8 BYTES tensor: ``[n, 1]`` for a batched model, ``[1]`` for one without a batch."""
+    data = np.array([t.encode("utf-8") for t in texts], dtype=np.object_)  # (n,) bytes
+    return data.reshape(-1, 1) if batched else data
+
+
+def make_input(protocol: str, name: str, array: np.ndarray, datatype: str):
+    if protocol == "http":
+        import tritonclient.http as module
+    else:
+        import tritonclient.grpc as module
+    tensor = module.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+class ClassifierClient:
+    """Classify texts through the ensemble; one connection, reused for every call."""
+
+    def __init__(self, url: str, protocol: str = "http", model: str = CLASSIFIER_MODEL,
+                 timeout_s: float = 60.0):
+        self.url, self.protocol, self.model = _strip_scheme(url), protocol, model
+        self.client = connect(self.url, protocol, timeout_s)
+        config = check_model(self.client, self.url, protocol, model)
+        self.max_batch = int(config.get("max_batch_size", 0) or 0)  # 0 = no batch dimension
+
+    def classify(self, texts: Sequence[str]) -> List[ServedPrediction]:
+        if not texts:
+            return []
+        step = self.max_batch or 1
+        predictions: List[ServedPrediction] = []
+        for start in range(0, len(texts), step):
+            predictions.extend(self._request(texts[start:start + step]))
+        return predictions
+
+    def _request(self, texts: Sequence[str]) -> List[ServedPrediction]:
+        tensor = make_input(self.protocol, "TEXT", text_tensor(texts, self.max_batch > 0), "BYTES")
+        try:
+            result = self.client.infer(self.model, [tensor])
+        except _transport_errors() as exc:
+            raise ToolkitError(f"triton at {self.url}: {self.model}: {_describe(exc)}") from None
+        labels = result.as_numpy("LABEL").reshape(len(texts))  # (n,) bytes
+        probabilities = result.as_numpy("PROBABILITIES").reshape(len(texts), -1)  # (n, labels)
+        return [ServedPrediction(label.decode("utf-8"), probabilities[i].astype(np.float32))
+                for i, label in enumerate(labels)]
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> ClassifierClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def classify(url: str, texts: Sequence[str], protocol: str = "http",
+             model: str = CLASSIFIER_MODEL) -> List[ServedPrediction]:
+    with ClassifierClient(url, protocol, model) as client:
+        return client.classify(texts)
+
+
+def generation_inputs(prompt: str, max_new_tokens: Optional[int] = None,
+                      temperature: Optional[float] = None, top_k: Optional[int] = None,
+                      top_p: Optional[float] = None, seed: Optional[int] = None) -> list:
+    """gRPC inputs of ``tinystories_generate``; an option left None is not sent (server default)."""
+    arrays = [("PROMPT", text_tensor([prompt], batched=False), "BYTES")]
+    optional = [("MAX_NEW_TOKENS", max_new_tokens, np.int32, "INT32"),
+                ("TEMPERATURE", temperature, np.float32, "FP32"),
+                ("TOP_K", top_k, np.int32, "INT32"), ("TOP_P", top_p, np.float32, "FP32"),
+                ("SEED", seed, np.int64, "INT64")]
+    for name, value, dtype, datatype in optional:
+        if value is not None:
+            arrays.append((name, np.array([value], dtype=dtype), datatype))  # (1,)
+    return [make_input("grpc", name, array, datatype) for name, array, datatype in arrays]
+
+
+def _event(result) -> StreamEvent:
+    ids = result.as_numpy("TOKEN_ID")
+    text = result.as_numpy("TEXT")
+    reason = result.as_numpy("STOP_REASON")
+    piece = text.reshape(-1)[0].decode("utf-8") if text is not None and text.size else ""
+    stop = reason.reshape(-1)[0].decode("utf-8") if reason is not None and reason.size else ""
+    token = int(ids.reshape(-1)[0]) if ids is not None and ids.size else None
+    return StreamEvent(token, piece, stop)
+
+
+def _is_final(result) -> bool:
+    params = result.get_response().parameters
+    return "triton_final_response" in params and params["triton_final_response"].bool_param
+
+
+def stream_request(url: str, inputs: list, model: str = GENERATOR_MODEL,
+                   parameters: Optional[Dict[str, Any]] = None,
+                   timeout_s: float = 60.0) -> Iterator[StreamEvent]:
+    """Send ``inputs`` on a new gRPC stream; yield each response until the final one.
+
+    A server-side error response raises ToolkitError; so does no response for ``timeout_s``.
+    """
+    url = _strip_scheme(url)
+    client = connect(url, "grpc")
+    check_model(client, url, "grpc", model)
+    responses: queue.Queue[tuple] = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    finished = False
+    try:
+        client.async_stream_infer(model, inputs, enable_empty_final_response=True,
+                                  parameters=parameters)
+        while not finished:
+            try:
+                result, error = responses.get(timeout=timeout_s)
+            except queue.Empty:
+                raise ToolkitError(f"triton at {url}: {model}: no response for {timeout_s:g} s "
+                                   f"(a hung stream)") from None
+            if error is not None:
+                finished = True  # an error response ends the request on the server too
+                raise ToolkitError(f"triton at {url}: {model}: {_describe(error)}")
+            finished = _is_final(result)
+            if result.get_response().outputs or not finished:
+                yield _event(result)
+    finally:
+        # Cancel only a stream the caller abandoned: cancelling a finished one leaves (2.51)
+        # the decoupled model unable to unload until the exit timeout.
+        client.stop_stream(cancel_requests=not finished)
+        client.close()
+
+
+def generate(url: str, prompt: str, max_new_tokens: Optional[int] = None,
+             temperature: Optional[float] = None, top_k: Optional[int] = None,
+             top_p: Optional[float] = None, seed: Optional[int] = None,
+             model: str = GENERATOR_MODEL, timeout_s: float = 60.0) -> Iterator[StreamEvent]:
+    """Stream a continuation of ``prompt``: one event per token, then the final stop reason."""
+    inputs = generation_inputs(prompt, max_new_tokens, temperature, top_k, top_p, seed)
+    return stream_request(url, inputs, model, timeout_s=timeout_s)
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+@click.group()
+def main() -> None:
+    """Talk to a tritonserver serving the toolkit's repository (jetson/run_triton.sh)."""
+
+
+@main.command("classify")
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--url", default=None, help="host:port (default 127.0.0.1:8000 http, :8001 grpc).")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="http", show_default=True)
+@click.option("--model", default=CLASSIFIER_MODEL, show_default=True)
+@click.option("--wait", "wait_s", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for the server and model to be ready first.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per text.")
+@exit_on_toolkit_error
+def classify_cmd(texts: Sequence[str], url: Optional[str], protocol: str, model: str,
+                 wait_s: float, as_json: bool) -> None:
+    """Classify TEXTS through the ensemble: label and probabilities per text."""
+    url = url or DEFAULT_URLS[protocol]
+    if wait_s > 0:
+        wait_until_ready(url, protocol, [model], wait_s)
+    for text, pred in zip(texts, classify(url, list(texts), protocol, model)):
+        if as_json:
+            click.echo(json.dumps({"text": text, "label": pred.label,
+                                   "probabilities": [float(p) for p in pred.probabilities]}))
+        else:
+            click.echo(f"{pred.label}\t{float(pred.probabilities.max()):.4f}\t{text[:70]}")
+
+
+@main.command("generate")
+@click.option("--prompt", required=True)
+@click.option("--url", default=DEFAULT_URLS["grpc"], show_default=True, help="gRPC host:port.")
+@click.option("--max-new-tokens", type=int, default=None, help="Server default: 64.")
+@click.option("--temperature", type=float, default=None, help="0 = greedy (server default).")
+@click.option("--top-k", type=int, default=None, help="0 = off.")
+@click.option("--top-p", type=float, default=None, help="1.0 = off.")
+@click.option("--seed", type=int, default=None)
+@click.option("--model", default=GENERATOR_MODEL, show_default=True)
+@click.option("--wait", "wait_s", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for the server and model to be ready first.")
+@exit_on_toolkit_error
+def generate_cmd(prompt: str, url: str, max_new_tokens: Optional[int],
+                 temperature: Optional[float], top_k: Optional[int], top_p: Optional[float],
+                 seed: Optional[int], model: str, wait_s: float) -> None:
+    """Stream a story continuing PROMPT over gRPC, token by token."""
+    if wait_s > 0:
+        wait_until_ready(url, "grpc", [model], wait_s)
+    start = time.perf_counter()
+    tokens = 0
+    reason = "?"
+    events = generate(url, prompt, max_new_tokens, temperature, top_k, top_p, seed, model)
+    for i, event in enumerate(events):
+        if i == 0:  # the prompt only once the server took the request (else just the error)
+            click.echo(prompt, nl=False)
+        if event.final:
+            reason = event.stop_reason
+        if event.token_id is not None:
+            tokens += 1
+        click.echo(event.text, nl=False)
+    elapsed = time.perf_counter() - start
+    click.echo()
+    click.echo(f"[{tokens} tokens in {elapsed:.2f} s, stop: {reason}]", err=True)
+
+
+@main.command("ready")
+@click.option("--url", default=None, help="host:port (default by protocol).")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="http", show_default=True)
+@click.option("--model", "models", multiple=True, help="Also wait for this model (repeatable).")
+@click.option("--timeout", "timeout_s", type=float, default=30.0, show_default=True)
+@exit_on_toolkit_error
+def ready_cmd(url: Optional[str], protocol: str, models: Sequence[str], timeout_s: float) -> None:
+    """Wait until the server (and the given models) are ready; exit 2 after the timeout."""
+    url = url or DEFAULT_URLS[protocol]
+    wait_until_ready(url, protocol, list(models), timeout_s)
+    click.echo(f"ready: {url} ({protocol})" + (f", models {', '.join(models)}" if models else ""))
+
+
+if __name__ == "__main__":
+    main()
