@@ -16,8 +16,9 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-# Not tests/ itself: tests/triton would then import as a package named "triton" and shadow
-# OpenAI Triton, which torch._dynamo (imported by transformers) probes for.
+# tests/ itself is not added (pytest's prepend import mode adds it for this conftest anyway):
+# with it on sys.path tests/triton imports as a package named "triton" and shadows OpenAI
+# Triton, which torch._dynamo probes for; tests/host/hf_tiny.py hides it for transformers.
 for path in (ROOT, TESTS / "fixtures"):  # the packages; tiny_data, make_fixtures
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
