@@ -23,6 +23,9 @@ for path in (ROOT, TESTS / "fixtures"):  # the packages; tiny_data, make_fixture
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+# Fixtures shared by two suites live in tests/fixtures modules, loaded once for all of them.
+pytest_plugins = ["calib_fixtures"]
+
 os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from tiny_data import write_data_dir
 
 from calibration.loader import CalibrationSet, save_calibration_set
 from common.errors import ToolkitError
@@ -14,27 +13,6 @@ from common.fileio import sha256_file
 
 PROFILE_MAX = 64  # seq / new axis maximum of the tiny ONNX fixtures
 KV_DIM, LAYERS = 32, 2
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return write_data_dir(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def classifier_calib(tiny_classifier_onnx, data_dir, tmp_path_factory):
-    from calibration.dataset import build_calibration_set
-
-    out = tmp_path_factory.mktemp("calib") / "tiny_classifier.calib.npz"
-    return build_calibration_set(tiny_classifier_onnx, str(data_dir), out, batches=6, batch_size=4)
-
-
-@pytest.fixture(scope="module")
-def decoder_calib(tiny_decoder_onnx, data_dir, tmp_path_factory):
-    from calibration.dataset import build_calibration_set
-
-    out = tmp_path_factory.mktemp("calib") / "tiny_decoder.calib.npz"
-    return build_calibration_set(tiny_decoder_onnx, str(data_dir), out, batches=4, batch_size=3)
 
 
 # --- the calibration set and its loader --------------------------------------------------------
