@@ -35,7 +35,7 @@ DEMO_STORIES_ARGS ?= --epochs 2 --d-model 128 --n-layers 2 --n-heads 4 --d-ff 25
 
 .PHONY: setup demo train-imdb train-stories validate generate onnx calibrate engine bench test \
 	test-device fixtures gpu-check jetson-setup triton-repo \
-	test-triton triton-server bench-all baseline regress export-hf lint clean
+	test-triton triton-server bench-all bench-peers baseline regress export-hf lint clean
 
 setup: $(STAMP)
 
@@ -132,7 +132,7 @@ jetson-setup:
 # The real-server Triton tests alone (make test runs them too); triton-server prints the
 # TRITON_HOME / TRITON_PYTHON_ENV that jetson/run_triton.sh needs on an x86 box.
 test-triton: setup
-	$(PY) -m pytest -q tests/triton
+	$(PY) -m pytest -q tests/serving
 triton-server: setup
 	$(PY) -m triton_repo.dev_server
 
@@ -140,6 +140,15 @@ triton-server: setup
 bench-all: setup
 	$(PY) -m benchmarks.suite --model $(MODEL) --data $(MODEL_DATA) --out-dir results/suite \
 		$(if $(wildcard checkpoints/$(MODEL)/best.pt),--checkpoint checkpoints/$(MODEL)/best.pt) $(BENCH_ARGS)
+# Our runtime against transformers, Optimum and onnxruntime-genai on the same weights; each
+# peer gets its own venv (their transformers pins conflict).
+.venv-optimum/.installed: requirements/peers-optimum.txt
+	$(PYTHON) -m venv .venv-optimum && .venv-optimum/bin/pip install -q -r $< && touch $@
+.venv-genai/.installed: requirements/peers-genai.txt
+	$(PYTHON) -m venv .venv-genai && .venv-genai/bin/pip install -q -r $< && touch $@
+bench-peers: setup .venv-optimum/.installed .venv-genai/.installed
+	$(PY) -m benchmarks.peers --out-dir results/peers --optimum-python .venv-optimum/bin/python \
+		--genai-python .venv-genai/bin/python $(BENCH_ARGS)
 baseline: setup
 	$(PY) -m benchmarks.baseline --report results/suite/$(MODEL).json
 regress: setup

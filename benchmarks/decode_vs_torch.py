@@ -38,6 +38,7 @@ from typing import Any, Dict, List, Sequence
 import click
 import numpy as np
 
+from benchmarks.measure import common_prefix
 from common.errors import ToolkitError, exit_on_toolkit_error
 
 ALLOCATION_STEPS = (10, 110)  # tracemalloc snapshot after these tokens: 100 decode steps apart
@@ -127,15 +128,6 @@ def interleaved_runs(runtime_side, torch_side, repeats: int):
         for side, runs in (order if i % 2 == 0 else order[::-1]):
             runs.append(side())
     return runtime_runs, torch_runs
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def compare(checkpoint: str, onnx_path: str, prompt: str, new_tokens: int | None, repeats: int,

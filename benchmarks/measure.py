@@ -71,6 +71,16 @@ def per_round_ratios(numerator: Sequence[float], denominator: Sequence[float]) -
     return [a / b for a, b in zip(numerator, denominator) if b > 0]
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two generations share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 # --- decode time against position ------------------------------------------------------------
 def per_token_vs_position(positions: np.ndarray, step_ms: np.ndarray,
                           bins: int = 16) -> List[Dict[str, float]]:

@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List
 
+import numpy as np
 if __package__ in (None, ""):  # run as a script: python calibration/qdq.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -98,8 +99,13 @@ def quantize_to_qdq(
     output: str | Path,
     method: str = "entropy",
     quantize_attention: bool = False,
+    float_fallback: int = 0,
+    sensitivity_batches: int = 4,
 ) -> Dict[str, Any]:
-    """Write ``output`` (Q/DQ ONNX) and its sidecar; returns the Q/DQ summary."""
+    """Write ``output`` (Q/DQ ONNX) and its sidecar; returns the Q/DQ summary.
+
+    float_fallback: keep this many linear layers float, those whose INT8 error is largest
+    (``calibration.sensitivity``, scored on ``sensitivity_batches`` calibration batches)."""
     import onnx
 
     if method not in METHODS:
@@ -113,14 +119,44 @@ def quantize_to_qdq(
         quantized = Path(tmp) / "quantized.onnx"
         excluded = [] if quantize_attention else attention_matmuls(load_onnx(prepared))
         run_quantize_static(prepared, quantized, calib, method, excluded)
+        fallback = None
+        if float_fallback:
+            fallback = choose_float_fallback(prepared, quantized, calib, float_fallback,
+                                             sensitivity_batches)
+            run_quantize_static(prepared, quantized, calib, method,
+                                excluded + fallback["float_nodes"])
         model = drop_unused_opset_imports(load_onnx(quantized))
     protected = [t["name"] for t in sidecar["outputs"]]
     summary = check_qdq_for_tensorrt(model, protected_outputs=protected)
     summary["float_attention_matmuls"] = len(excluded)
+    if fallback is not None:
+        summary["float_fallback"] = fallback
     with atomic_path(output) as tmp_out:
         onnx.save(model, str(tmp_out))
     write_qdq_sidecar(onnx_path, calib_path, output, sidecar, method, summary)
     return summary
+
+
+def choose_float_fallback(prepared: Path, quantized: Path, calib: CalibrationSet, count: int,
+                          batches: int) -> Dict[str, Any]:
+    """The ``count`` linear layers to keep float, with the ranking that chose them."""
+    from tqdm import tqdm
+
+    from calibration.sensitivity import quantized_linear_nodes, rank_float_fallback
+
+    q_model = load_onnx(quantized)
+    candidates = quantized_linear_nodes(q_model)
+    if count < 0 or count >= len(candidates):
+        raise ToolkitError(f"--float-fallback {count}: expected 0..{len(candidates) - 1} "
+                           f"(the graph has {len(candidates)} quantized linear layers)")
+    feeds = list(calib)
+    picked = np.linspace(0, len(feeds) - 1, min(batches, len(feeds))).round().astype(int)
+    with tqdm(total=len(candidates), desc="float-fallback ranking", unit="layer") as bar:
+        ranking = rank_float_fallback(load_onnx(prepared), q_model,
+                                      [feeds[i] for i in sorted(set(picked))], bar.update)
+    chosen = [row["node"] for row in ranking["nodes"][:count]]
+    return {"float_nodes": chosen, "int8_error": ranking["int8_error"],
+            "scored_batches": len(set(picked)), "ranking": ranking["nodes"]}
 
 
 def check_calibration_matches(calib: CalibrationSet, sidecar: Dict[str, Any], onnx_path) -> None:
@@ -270,6 +306,7 @@ def write_qdq_sidecar(onnx_path, calib_path, output, sidecar: Dict[str, Any], me
             "weights": "int8 symmetric per-channel",
             "op_types": OP_TYPES,
             "attention_matmuls": "float" if summary["float_attention_matmuls"] else "int8",
+            "float_nodes": (summary.get("float_fallback") or {}).get("float_nodes", []),
             "calibration_npz": Path(calib_path).name,
             "calibration_sha256": sha256_file(calib_path),
             "source_onnx": Path(onnx_path).name,
@@ -310,13 +347,23 @@ def _first_line(exc: BaseException) -> str:
               help="how activation ranges are chosen from the calibration data")
 @click.option("--quantize-attention", is_flag=True,
               help="also quantize the attention products Q.K^T and softmax.V (less accurate)")
+@click.option("--float-fallback", type=click.IntRange(0), default=0,
+              help="keep the N linear layers whose INT8 error is largest in float")
+@click.option("--sensitivity-batches", type=click.IntRange(1), default=4,
+              help="calibration batches the --float-fallback ranking is scored on")
 @exit_on_toolkit_error
 def main(onnx_path: Path, calib_path: Path, output: Path, method: str,
-         quantize_attention: bool) -> None:
+         quantize_attention: bool, float_fallback: int, sensitivity_batches: int) -> None:
     """Quantize MatMul/Gemm inputs to symmetric INT8 Q/DQ for TensorRT."""
-    summary = quantize_to_qdq(onnx_path, calib_path, output, method, quantize_attention)
+    summary = quantize_to_qdq(onnx_path, calib_path, output, method, quantize_attention,
+                              float_fallback, sensitivity_batches)
     click.echo(f"wrote {output} ({summary['dequantize']} DequantizeLinear, "
                f"{summary['weights_per_channel']} per-channel weights) and {sidecar_path(output)}")
+    fallback = summary.get("float_fallback")
+    if fallback:
+        chosen = fallback["ranking"][:len(fallback["float_nodes"])]
+        click.echo(f"float fallback (INT8 logit MSE {fallback['int8_error']:.3g}): "
+                   + ", ".join(f"{row['layer']} (-{row['gain']:.3g})" for row in chosen))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ the device suite (tests/device) runs on Jetson-like Pythons without it.
 
 Suites: tests/device (device-side code: numpy, tokenizers, onnxruntime, polygraphy; the tiny
 models are committed files under tests/fixtures), tests/host (torch, train/, export/; tiny
-checkpoints made in the test), tests/triton (a real tritonserver).
+checkpoints made in the test), tests/serving (a real tritonserver).
 """
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-# tests/ itself is not added (pytest's prepend import mode adds it for this conftest anyway):
-# with it on sys.path tests/triton imports as a package named "triton" and shadows OpenAI
-# Triton, which torch._dynamo probes for; tests/host/hf_tiny.py hides it for transformers.
+# No folder under tests/ may be named like an importable package: pytest puts tests/ on
+# sys.path for this conftest, and a tests/triton would shadow OpenAI Triton for torch._dynamo.
 for path in (ROOT, TESTS / "fixtures"):  # the packages; tiny_data, make_fixtures
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))

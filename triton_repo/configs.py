@@ -1,7 +1,7 @@
 """The models' configs as ``tritonclient.grpc.model_config_pb2.ModelConfig`` messages, written
 with protobuf's text format (no hand-written pbtxt). Every value comes from the artifacts
 (sidecar, engine manifest) or from an argument of ``triton_repo.build``, so the golden files
-in tests/triton/golden pin them. Nothing here holds a path or a time: configs are stable.
+in tests/serving/golden pin them. Nothing here holds a path or a time: configs are stable.
 
 Jetson choices (the reasons are in DESIGN.md, "Triton"):
 - imdb_classifier: dynamic batching with a short queue delay (QUEUE_DELAY_US) and the

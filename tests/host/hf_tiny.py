@@ -3,26 +3,11 @@ downloaded): hidden 32, 2 layers, a vocabulary of about 300, and a ``tokenizer.j
 ``tokenizers`` whose ids all fit the embedding."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 VOCAB = 300
 
 
-def hide_tests_triton_folder() -> None:
-    """tests/conftest.py puts tests/ on sys.path, so the tests/triton folder imports as a
-    namespace package called ``triton``; torch._dynamo (which transformers' generation imports)
-    then takes it for OpenAI Triton and fails on ``triton.language``. Hide only that folder."""
-    spec = importlib.util.find_spec("triton") if "triton" not in sys.modules else None
-    tests_dir = Path(__file__).resolve().parents[1]
-    if spec is not None and spec.origin is None and any(
-            Path(p).resolve() == tests_dir / "triton"
-            for p in (spec.submodule_search_locations or [])):
-        sys.modules["triton"] = None  # `import triton` now raises ImportError: no Triton
-
-
-hide_tests_triton_folder()
 CORPUS = [
     "once upon a time there was a little cat who liked to play in the sun",
     "the dog ran to the park and found a red ball under a big tree",

@@ -10,7 +10,7 @@ positions of the longest row (a quarter on average), while a handful of shapes l
 concurrent requests of similar length meet in one batch. Below 16 tokens the classifier's
 run time hardly changes, so shorter buckets would only split batches. A static-length engine
 (a DLA build) has one bucket, its length. The classifier's output does not depend on the
-padding: the mask hides it (checked in tests/triton/test_repo_models.py).
+padding: the mask hides it (checked in tests/serving/test_repo_models.py).
 
 Config parameters (written by triton_repo.build): ``tokenizer`` (file in the version folder),
 ``max_len``, ``pad_id``, ``cls_id`` ("" unless the model pools on <cls>), ``length_buckets``.

@@ -1,4 +1,4 @@
-"""Fixtures and helpers of the repository tests (tests/triton/test_repo_*.py): no server, no
+"""Fixtures and helpers of the repository tests (tests/serving/test_repo_*.py): no server, no
 torch. The tiny models are the committed ones (tests/fixtures), copied per session.
 
 ``plan_for`` writes a ``.plan`` of arbitrary bytes with a manifest from
@@ -8,7 +8,7 @@ test pretends TensorRT built or ran one.
 
 ``FakePbUtils`` stands in for ``triton_python_backend_utils`` (which exists only inside
 Triton's stub) to exercise the models' adapters: which responses and flags they send. What a
-real server does with them is tested in tests/triton against tritonserver.
+real server does with them is tested in tests/serving against tritonserver.
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def read_configs(repository: Path) -> Dict[str, str]:
 
 
 def check_golden(target: str, configs: Dict[str, str]) -> None:
-    """Each config equals tests/triton/golden/<target>/<model>.pbtxt (UPDATE_GOLDEN=1 rewrites
+    """Each config equals tests/serving/golden/<target>/<model>.pbtxt (UPDATE_GOLDEN=1 rewrites
     them; review the diff)."""
     folder = GOLDEN / target
     if UPDATE_GOLDEN:
