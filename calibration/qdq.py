@@ -29,11 +29,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List
 
-import numpy as np
 if __package__ in (None, ""):  # run as a script: python calibration/qdq.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import click
+import numpy as np
 
 from calibration.loader import CalibrationSet
 from common.artifacts import (

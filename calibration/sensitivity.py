@@ -25,7 +25,8 @@ OP_TYPES = ("MatMul", "Gemm")
 
 def quantized_linear_nodes(q_model) -> List[str]:
     """Names of the MatMul/Gemm nodes of the Q/DQ graph fed by a DequantizeLinear."""
-    dq_outputs = {o for n in q_model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    dq_outputs = {o for n in q_model.graph.node if n.op_type == "DequantizeLinear"
+                  for o in n.output}
     return [n.name for n in q_model.graph.node
             if n.op_type in OP_TYPES and any(i in dq_outputs for i in n.input)]
 
