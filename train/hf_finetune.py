@@ -20,11 +20,10 @@ import click
 
 from common.errors import ToolkitError, exit_on_toolkit_error
 from common.fileio import atomic_write_text
-from train import data as datasets_
 from train.batching import encode_texts
 from train.checkpoint import TOKENIZER_FILE, load_checkpoint, save_checkpoint
 from train.cli_options import build, dataclass_options
-from train.imdb import LABELS, ImdbTask, check_fraction, split_holdout
+from train.imdb import LABELS, ImdbTask, check_fraction, load_train_holdout
 from train.trainer import TrainConfig, report_run, train
 
 # Usual BERT fine-tuning settings (Devlin et al.): small lr, short warmup, one or two epochs.
@@ -98,13 +97,8 @@ def main(folder, data_source, out_dir, val_size, limit, max_seq_len, word_dropou
     """Fine-tune a pretrained encoder on IMDB (or the generated sample); keep the best epoch."""
     check_fraction("--word-dropout", word_dropout)
     check_folder(folder)
-    source = datasets_.resolve_data_source(data_source)
-    print(datasets_.describe_source(source, "IMDB"))
-    texts, labels = datasets_.imdb_splits(source)["train"]
-    if limit:
-        texts, labels = texts[:limit], labels[:limit]
+    tr_texts, tr_labels, val_texts, val_labels = load_train_holdout(data_source, limit, val_size)
     train_cfg = build(TrainConfig, options, TRAIN_DEFAULTS)
-    tr_texts, tr_labels, val_texts, val_labels = split_holdout(texts, labels, val_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     resuming = resume and (out_dir / "last.pt").is_file()
     init = out_dir / INIT_FILE

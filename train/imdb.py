@@ -96,6 +96,17 @@ def remove_hidden_tokens(ids: torch.Tensor, mask: torch.Tensor):
     return ids.gather(1, positions), mask.gather(1, positions), positions
 
 
+def load_train_holdout(data_source: str, limit: int, val_size: int):
+    """(train texts, train labels, held-out texts, held-out labels) of the IMDB train split
+    (its first ``limit`` reviews when ``limit``), the source named on stdout."""
+    source = datasets_.resolve_data_source(data_source)
+    print(datasets_.describe_source(source, "IMDB"))
+    texts, labels = datasets_.imdb_splits(source)["train"]
+    if limit:
+        texts, labels = texts[:limit], labels[:limit]
+    return split_holdout(texts, labels, val_size)
+
+
 def split_holdout(texts, labels, val_size: int):
     """Hold out the last ``val_size`` reviews of the train split, the same number of each label,
     for epoch evaluation (the test split is never tuned on). A block, not a random draw: IMDB
@@ -168,13 +179,8 @@ def main(data_source, out_dir, val_size, gpt2_dir, limit, word_dropout, pretrain
     """Train the encoder classifier on IMDB (or the generated sample) and keep the best epoch."""
     check_fraction("--word-dropout", word_dropout)
     check_fraction("--mask-rate", mask_rate)
-    source = datasets_.resolve_data_source(data_source)
-    print(datasets_.describe_source(source, "IMDB"))
-    texts, labels = datasets_.imdb_splits(source)["train"]
-    if limit:
-        texts, labels = texts[:limit], labels[:limit]
+    tr_texts, tr_labels, val_texts, val_labels = load_train_holdout(data_source, limit, val_size)
     train_cfg = build(TrainConfig, options, TRAIN_DEFAULTS)
-    tr_texts, tr_labels, val_texts, val_labels = split_holdout(texts, labels, val_size)
     model_cfg = build(ClassifierConfig, options, MODEL_DEFAULTS)
     # Lowercase: sentiment does not depend on case, and the vocabulary goes further.
     tok = prepare_tokenizer(
