@@ -6,10 +6,10 @@ transformers, tokenizers), saved as ``save_pretrained`` folders with a tokenizer
 - ``llama``: a Llama of the same width and depth with grouped-query attention (8 query heads
   share 4 KV heads), rotary positions, SwiGLU FFN 704 (about the GPT-2's parameter count).
 
-Weights are random (seeded) at initializer_range 0.2: at the default 0.02 greedy decoding
-repeats one token at once, which hides a cache that returns stale positions. Token-for-token
-equality between the tools is one of the benchmark's checks, so the weights must make the
-tokens depend on the whole context.
+Weights are random (seeded) at initializer_range 0.2, norm gains and biases too: at the default
+0.02 greedy decoding repeats one token at once, which hides a cache that returns stale
+positions. Token-for-token equality between the tools is one of the benchmark's checks, so the
+weights must make the tokens depend on the whole context.
 """
 from __future__ import annotations
 
@@ -67,12 +67,26 @@ def make_folder(root: Path, arch: str, seed: int = 0) -> Dict:
     torch.manual_seed(seed)
     cfg, class_name = config_of(arch)
     model = getattr(T, class_name)(cfg).eval()
+    randomize_vectors(model)
     folder = Path(root) / arch
     model.save_pretrained(str(folder))
     fast = T.PreTrainedTokenizerFast(tokenizer_object=train_tokenizer(), eos_token="<|endoftext|>",
                                      bos_token="<|endoftext|>", pad_token="<|endoftext|>")
     fast.save_pretrained(str(folder))
     return {"folder": str(folder), "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def randomize_vectors(model) -> None:
+    """Norm gains and biases as a trained model has them, not transformers' init (gains 1,
+    biases 0): a gain of exactly 1 is a Mul that graph optimizers delete, which would make a
+    norm look cheaper (or fuse differently) than it is in a real checkpoint."""
+    import torch
+
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 1:
+                base = 1.0 if bool((param == 1).all()) else 0.0
+                param.normal_(base, 0.1 if base else 0.02)
 
 
 def prompt_ids(folder: Path, text: str = "once upon a time there was a little girl") -> List[int]:

@@ -137,6 +137,9 @@ def run_genai(folder: str, prompt: List[int], n: int, threads: int) -> Dict:
 
 
 def run_ours(onnx_path: str, prompt: List[int], n: int, threads: int) -> Dict:
+    """The runtime's Generator, timed like the other peers: a timestamp when each token is
+    chosen (by the sampler), so a step's time includes sampling and the loop's bookkeeping,
+    not only the session run (``GenerationResult.decode_ms``)."""
     sys.path.insert(0, ROOT)
     import dataclasses
 
@@ -144,18 +147,27 @@ def run_ours(onnx_path: str, prompt: List[int], n: int, threads: int) -> Dict:
     from runtime.sampling import Sampler
     from runtime.session import open_session
 
+    class StampingSampler(Sampler):
+        def __init__(self):
+            super().__init__(0.0)  # greedy
+            self.stamps: List[float] = []
+
+        def sample_topk(self, values, indices) -> int:
+            token = super().sample_topk(values, indices)
+            self.stamps.append(time.perf_counter())
+            return token
+
     info, tok = open_decoder(onnx_path)
     info = dataclasses.replace(info, eos_id=None)  # every peer generates exactly n tokens
     with open_session(onnx_path) as session:
         generator = Generator(session, tok, info, max_batch=1)
         generator.generate_ids([prompt], 8, Sampler(0.0))
+        sampler = StampingSampler()
         start = time.perf_counter()
-        result = generator.generate_ids([prompt], n, Sampler(0.0))
+        result = generator.generate_ids([prompt], n, sampler)
         seconds = time.perf_counter() - start
         generator.close()
-    return {"tokens": list(result.tokens[0]), "seconds": seconds,
-            "step_ms": [float(x) for x in result.decode_ms],
-            "positions": [int(x) for x in result.decode_past]}
+    return stamped_result(prompt, list(result.tokens[0]), sampler.stamps, seconds)
 
 
 RUNNERS = {"ours": run_ours, "transformers": run_transformers, "optimum": run_optimum,

@@ -78,8 +78,39 @@ def prepare_models(out_dir: Path, pythons: Dict[str, Optional[str]]) -> Dict[str
                     entry["artifacts"][peer] = str(target)
                 except ToolkitError as exc:
                     entry["absent"][peer] = str(exc)
+        entry["graph_nodes"] = {peer: optimized_node_count(Path(path))
+                                for peer, path in entry["artifacts"].items()
+                                if peer != "transformers"}
         models[arch] = entry
     return models
+
+
+def optimized_node_count(artifact: Path) -> Optional[int]:
+    """Nodes left after ONNX Runtime's own graph optimizations (this venv's onnxruntime, CPU),
+    of an .onnx or a folder's model.onnx. At batch 1 a small decoder's step costs about a
+    microsecond per node on top of its MatMuls, so this explains much of the speed table.
+    None when the graph cannot be opened here."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    path = artifact if artifact.suffix == ".onnx" else artifact / "model.onnx"
+    if not path.is_file():
+        return None
+    with tempfile.TemporaryDirectory(prefix="peer-graph-") as tmp:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # the "optimized model is hardware specific" warning
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        options.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", "weights.bin")
+        try:
+            ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except (RuntimeError, ValueError) as exc:
+            print(f"node count of {path}: onnxruntime cannot open it ({exc})", file=sys.stderr)
+            return None
+        return len(onnx.load(options.optimized_model_filepath, load_external_data=False)
+                   .graph.node)
 
 
 def race(models: Dict[str, Dict], pythons: Dict[str, Optional[str]], tokens: int, rounds: int,
@@ -103,16 +134,18 @@ def race(models: Dict[str, Dict], pythons: Dict[str, Optional[str]], tokens: int
 
 
 def summarise(arch: str, peer: str, results: List[Dict], reference: Optional[List[int]],
-              tokens: int) -> Dict[str, Any]:
+              tokens: int, graph_nodes: Optional[int] = None) -> Dict[str, Any]:
     from benchmarks.measure import common_prefix, median_spread, ms_near, per_token_vs_position
 
     positions = np.concatenate([np.asarray(r["positions"], np.int64) for r in results])
     step_ms = np.concatenate([np.asarray(r["step_ms"], np.float64) for r in results])
     row = {"model": arch, "peer": peer, "status": "ran",
            "tokens_per_s": median_spread([len(r["tokens"]) / r["seconds"] for r in results]),
+           # round by round (every tool ran once per round), for ratios paired within a round
+           "tokens_per_s_by_round": [len(r["tokens"]) / r["seconds"] for r in results],
            "ms_near": {str(p): ms_near(positions, step_ms, p) for p in POSITIONS},
            "curve": per_token_vs_position(positions, step_ms, bins=24),
-           "tokens": len(results[0]["tokens"])}
+           "tokens": len(results[0]["tokens"]), "graph_nodes": graph_nodes}
     if reference is not None:
         row["equal_prefix_vs_transformers"] = common_prefix(results[0]["tokens"], reference)
     if row["tokens"] != tokens:
@@ -132,7 +165,8 @@ def build_report(models, runs, tokens: int, rounds: int, threads: int) -> Dict[s
                 rows.append({"model": arch, "peer": peer, "status": "not available",
                              "reason": m["absent"][peer]})
                 continue
-            row = summarise(arch, peer, runs[arch][peer], reference, tokens)
+            row = summarise(arch, peer, runs[arch][peer], reference, tokens,
+                            m.get("graph_nodes", {}).get(peer))
             base = row["tokens_per_s"]["median"] if peer == "transformers" else base
             rows.append(row)
         for row in rows:
@@ -149,12 +183,13 @@ def _num(value, spec: str) -> str:
 
 def markdown(report: Dict[str, Any]) -> str:
     head = ("| model | tool | status | tokens/s (min..max) | x transformers | "
-            + " | ".join(f"ms/token @{p}" for p in POSITIONS) + " | tokens = transformers |")
-    lines = [head, "|" + "---|" * (6 + len(POSITIONS))]
+            + " | ".join(f"ms/token @{p}" for p in POSITIONS)
+            + " | tokens = transformers | ORT nodes |")
+    lines = [head, "|" + "---|" * (7 + len(POSITIONS))]
     for row in report["rows"]:
         if "tokens_per_s" not in row:
             lines.append(f"| {row['model']} | {row['peer']} | not available: {row['reason']} |"
-                         + " |" * (3 + len(POSITIONS)))
+                         + " |" * (4 + len(POSITIONS)))
             continue
         t = row["tokens_per_s"]
         near = " | ".join(_num(row["ms_near"][str(p)], ".3f") for p in POSITIONS)
@@ -163,7 +198,7 @@ def markdown(report: Dict[str, Any]) -> str:
         lines.append(f"| {row['model']} | {row['peer']} | {row['status']} | "
                      f"{t['median']:.0f} ({t['min']:.0f}..{t['max']:.0f}) | "
                      f"{_num(row.get('x_transformers'), '.2f')} | {near} | "
-                     f"{equal_text} |")
+                     f"{equal_text} | {_num(row.get('graph_nodes'), 'd')} |")
     return "\n".join(lines) + "\n"
 
 

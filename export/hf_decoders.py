@@ -6,12 +6,16 @@ past_key_{l}, past_value_{l} (past, batch, kv_dim) fp32. Outputs: logits (batch,
 topk_values (batch, K) fp32; topk_indices (batch, K) int32; new_key_{l}, new_value_{l}
 (new, batch, kv_dim) fp32: the new positions only, heads merged, kv_dim = kv_heads * head_dim.
 
-The wrapper holds the HF model's own modules (GPT-2's ``Conv1D`` turned into nn.Linear, its
-fused QKV split in three). Keys are cached after rotary (Llama), as transformers caches them, so
-a decode step rotates only its new key. Causality is over physical cache positions (a bool
-table sliced at ``past``, like our own decoder); GPT-Neo's local layers also hide keys
-``window_size`` or more positions back. ``position_ids`` drive the learned position table or
-the rotary angles, so a left-padded row starts at position 0 on its first real token.
+The wrapper holds the HF model's own modules (GPT-2's ``Conv1D`` turned into nn.Linear), with
+each layer's q/k/v as one MatMul (``fused_projection``) and everything the layers share (masks,
+rotary tables) made once: ONNX Runtime's CPU provider pays per node, and the graph stays plain
+ONNX for TensorRT. Rotary is applied on the merged (batch, new, heads * head_dim) layout as ``x
+* cos + x[..., rotate_index] * sign * sin`` (one Gather, no Slice/Neg/Concat). Keys are cached
+after rotary (Llama), as transformers caches them, so a decode step rotates only its new key.
+Causality is over physical cache positions (a bool table sliced at ``past``, like our own
+decoder); GPT-Neo's local layers also hide keys ``window_size`` or more positions back.
+``position_ids`` drive the learned position table or the rotary angles, so a left-padded row
+starts at position 0 on its first real token.
 """
 from __future__ import annotations
 
@@ -25,10 +29,10 @@ from common.errors import ToolkitError
 from export.hf_attention import (
     RMSNorm,
     activation,
-    attend,
-    heads_from_cache,
+    attend_cache,
+    fused_projection,
     linear_from_conv1d,
-    split_heads,
+    rotate_half_gather,
     split_linear,
 )
 from export.wrappers import DecoderForExport as OwnDecoderForExport
@@ -57,21 +61,19 @@ class GatedFeedForward(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    """Pre-norm block: x += attn(norm_1(x)); x += mlp(norm_2(x)). local: GPT-Neo local layer."""
+    """Pre-norm block: x += attn(norm_1(x)); x += mlp(norm_2(x)). local: GPT-Neo local layer.
 
-    def __init__(self, norm_1, q, k, v, o, norm_2, mlp, heads: int, kv_heads: int, scale: float,
+    qkv: ``export.hf_attention.fused_projection`` of the model's q/k/v (the attention scale
+    folded into q), so a layer's attention inputs are one MatMul.
+    """
+
+    def __init__(self, norm_1, qkv, o, norm_2, mlp, heads: int, kv_heads: int, head_dim: int,
                  local: bool = False):
         super().__init__()
         self.norm_1, self.norm_2 = norm_1, norm_2
-        self.q, self.k, self.v, self.o, self.mlp = q, k, v, o, mlp
-        self.heads, self.kv_heads, self.scale, self.local = heads, kv_heads, scale, local
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary in transformers' rotate_half form: x (batch, heads, new, head_dim)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+        self.qkv, self.o, self.mlp = qkv, o, mlp
+        self.heads, self.kv_heads, self.head_dim, self.local = heads, kv_heads, head_dim, local
+        self.q_dim, self.kv_dim = heads * head_dim, kv_heads * head_dim
 
 
 class HFDecoderForExport(nn.Module):
@@ -88,15 +90,24 @@ class HFDecoderForExport(nn.Module):
         self.embed, self.pos, self.norm_f, self.lm_head = embed, pos, norm_f, lm_head
         self.blocks = nn.ModuleList(blocks)
         self.topk, self.n_layers, self.vocab_size = topk, len(blocks), vocab
-        self.kv_dim = blocks[0].k.weight.shape[0]
+        self.kv_dim = blocks[0].kv_dim
+        # Tables of what a query may NOT see, so the graph needs no Not: (max_seq, max_seq) bool
         causal = torch.tril(torch.ones((max_seq_len, max_seq_len), dtype=torch.bool))
-        self.register_buffer("causal", causal, persistent=False)  # (max_seq, max_seq) bool
+        self.register_buffer("future", ~causal, persistent=False)
         if window:  # key j is visible from query i when 0 <= i - j < window
             local = causal & ~torch.tril(torch.ones_like(causal), diagonal=-window)
-            self.register_buffer("local_causal", local, persistent=False)
+            self.register_buffer("outside_window", ~local, persistent=False)
         self.rotary = inv_freq is not None
         if self.rotary:
-            self.register_buffer("inv_freq", inv_freq.detach().clone().float(), persistent=False)
+            # transformers' cat([freqs, freqs]) per head, tiled over the q and k heads of the
+            # merged layout: (qk_dim,) fp32, so the angles are one Mul
+            half = inv_freq.detach().clone().float()
+            tiled = torch.cat([half, half]).repeat(blocks[0].heads + blocks[0].kv_heads)
+            self.register_buffer("inv_freq", tiled, persistent=False)
+            index, sign = rotate_half_gather(blocks[0].heads + blocks[0].kv_heads,
+                                             blocks[0].head_dim)
+            self.register_buffer("rotate_index", index, persistent=False)  # (qk_dim,) int64
+            self.register_buffer("rotate_sign", sign, persistent=False)  # (qk_dim,) fp32 +-1
         self.rope_scaling = rope_scaling
 
     cache_names = OwnDecoderForExport.cache_names
@@ -114,42 +125,56 @@ class HFDecoderForExport(nn.Module):
 
     def decode(self, input_ids, position_ids, attention_mask, past_keys, past_values,
                new_keys, new_values):
-        """-> logits; appends each layer's (new, batch, kv_dim) keys/values to the lists."""
+        """-> logits; appends each layer's (new, batch, kv_dim) keys/values to the lists.
+
+        Everything a layer shares (masks, rotary angles) is made once, before the layers.
+        """
         past_len = past_keys[0].shape[0]
         total = past_len + input_ids.shape[1]
-        positions = position_ids.to(torch.int64)  # (batch, new)
         # F.embedding, not the module: a padding_idx only matters for training
         x = F.embedding(input_ids.to(torch.int64), self.embed.weight)  # (batch, new, hidden)
         if self.pos is not None:
-            x = x + self.pos(positions)
-        key_ok = (attention_mask != 0)[:, None, None, :]  # (batch, 1, 1, total)
-        allowed = self.causal[past_len:total, :total][None, None] & key_ok  # (batch, 1, new, total)
-        allowed_local = (self.local_causal[past_len:total, :total][None, None] & key_ok
-                         if hasattr(self, "local_causal") else allowed)
-        cos = sin = None
+            x = x + self.pos(position_ids.to(torch.int64))
+        group = self.blocks[0].heads // self.blocks[0].kv_heads
+        key_hidden = (attention_mask == torch.zeros((), dtype=attention_mask.dtype))[
+            :, None, None, :]  # (batch, 1, 1, total); an int32 zero, so no Cast of the mask
+        blocked = self._blocked(self.future, past_len, total, key_hidden, group)
+        blocked_local = (self._blocked(self.outside_window, past_len, total, key_hidden, group)
+                         if hasattr(self, "outside_window") else blocked)
         if self.rotary:
-            angles = positions.to(torch.float32).unsqueeze(-1) * self.inv_freq  # (b, new, hd/2)
-            angles = torch.cat([angles, angles], dim=-1).unsqueeze(1)  # (batch, 1, new, hd)
-            cos, sin = angles.cos() * self.rope_scaling, angles.sin() * self.rope_scaling
+            cos_qk, sin_qk = self._rotary_tables(position_ids)  # (batch, new, q_dim + kv_dim)
         for block, past_k, past_v in zip(self.blocks, past_keys, past_values):
-            h = block.norm_1(x)
-            q = split_heads(block.q(h), block.heads)  # (batch, heads, new, head_dim)
-            k = block.k(h)  # (batch, new, kv_dim)
+            qkv = block.qkv(block.norm_1(x))
             if self.rotary:
-                q = rotate(q, cos, sin)
-                k = rotate(split_heads(k, block.kv_heads), cos, sin).transpose(1, 2)
-                k = k.reshape(k.shape[0], k.shape[1], -1)  # (batch, new, kv_dim)
-            k_new = k.transpose(0, 1)  # (new, batch, kv_dim) position-major
-            v_new = block.v(h).transpose(0, 1)
+                qk, v = qkv.split([block.q_dim + block.kv_dim, block.kv_dim], dim=-1)
+                qk = qk * cos_qk + qk.index_select(-1, self.rotate_index) * sin_qk
+                q, k = qk.split([block.q_dim, block.kv_dim], dim=-1)
+            else:
+                q, k, v = qkv.split([block.q_dim, block.kv_dim, block.kv_dim], dim=-1)
+            k_new, v_new = k.transpose(0, 1), v.transpose(0, 1)  # (new, batch, kv_dim)
             new_keys.append(k_new)
             new_values.append(v_new)
-            keys = heads_from_cache(torch.cat([past_k, k_new], dim=0), block.kv_heads)
-            values = heads_from_cache(torch.cat([past_v, v_new], dim=0), block.kv_heads)
-            mask = allowed_local if block.local else allowed
-            x = x + block.o(attend(q, keys, values, mask, block.scale,
-                                      block.heads // block.kv_heads))
+            keys = torch.cat([past_k, k_new], dim=0)  # (total, batch, kv_dim)
+            values = torch.cat([past_v, v_new], dim=0)
+            x = x + block.o(attend_cache(q, keys, values, blocked_local if block.local
+                                         else blocked, block.kv_heads, group, block.head_dim))
             x = x + block.mlp(block.norm_2(x))
         return self.lm_head(self.norm_f(x))
+
+    @staticmethod
+    def _blocked(table, past_len, total, key_hidden, group: int) -> torch.Tensor:
+        """(batch, 1, group * new, total) bool, True where a query may not see a key."""
+        hidden = table[past_len:total, :total][None, None] | key_hidden  # (b, 1, new, total)
+        return hidden.repeat(1, 1, group, 1) if group > 1 else hidden
+
+    def _rotary_tables(self, position_ids):
+        """cos and sin (transformers' attention_scaling applied) tiled over the q and k heads of
+        the merged layout: (batch, new, (heads + kv_heads) * head_dim)."""
+        angles = position_ids.to(torch.float32).unsqueeze(-1) * self.inv_freq  # (b, new, qk_dim)
+        cos, sin = angles.cos(), angles.sin() * self.rotate_sign
+        if self.rope_scaling == 1.0:
+            return cos, sin
+        return cos * self.rope_scaling, sin * self.rope_scaling
 
     def dummy_inputs(self, batch: int = 2, past: int = 3, new: int = 2) -> Tuple[torch.Tensor, ...]:
         gen = torch.Generator().manual_seed(0)
@@ -188,8 +213,9 @@ def _gpt2(model, topk: int, max_seq_len: int) -> HFDecoderForExport:
             scale /= index + 1
         q, k, v = split_linear(linear_from_conv1d(lyr.attn.c_attn), 3)
         mlp = FeedForward(linear_from_conv1d(lyr.mlp.c_fc), linear_from_conv1d(lyr.mlp.c_proj), act)
-        blocks.append(DecoderBlock(lyr.ln_1, q, k, v, linear_from_conv1d(lyr.attn.c_proj),
-                                   lyr.ln_2, mlp, heads, heads, scale))
+        qkv = fused_projection(q, k, v, scale)
+        blocks.append(DecoderBlock(lyr.ln_1, qkv, linear_from_conv1d(lyr.attn.c_proj),
+                                   lyr.ln_2, mlp, heads, heads, head_dim))
     return HFDecoderForExport(base.wte, base.wpe, blocks, base.ln_f, model.lm_head, max_seq_len,
                               topk)
 
@@ -202,9 +228,10 @@ def _gpt_neo(model, topk: int, max_seq_len: int) -> HFDecoderForExport:
         attn = lyr.attn.attention
         mlp = FeedForward(lyr.mlp.c_fc, lyr.mlp.c_proj, act)
         # GPT-Neo does not scale its attention scores (transformers' _attn has no 1/sqrt(d)).
-        blocks.append(DecoderBlock(lyr.ln_1, attn.q_proj, attn.k_proj, attn.v_proj,
-                                   attn.out_proj, lyr.ln_2, mlp, cfg.num_heads, cfg.num_heads,
-                                   1.0, local=lyr.attn.attention_type == "local"))
+        qkv = fused_projection(attn.q_proj, attn.k_proj, attn.v_proj, 1.0)
+        blocks.append(DecoderBlock(lyr.ln_1, qkv, attn.out_proj, lyr.ln_2, mlp, cfg.num_heads,
+                                   cfg.num_heads, cfg.hidden_size // cfg.num_heads,
+                                   local=lyr.attn.attention_type == "local"))
     window = cfg.window_size if any(b.local for b in blocks) else 0
     return HFDecoderForExport(base.wte, base.wpe, blocks, base.ln_f, model.lm_head, max_seq_len,
                               topk, window=window)
@@ -223,13 +250,14 @@ def _llama(model, topk: int, max_seq_len: int) -> HFDecoderForExport:
     blocks = []
     for lyr in base.layers:
         attn, mlp = lyr.self_attn, lyr.mlp
+        qkv = fused_projection(attn.q_proj, attn.k_proj, attn.v_proj, head_dim ** -0.5)
         blocks.append(DecoderBlock(
             RMSNorm(lyr.input_layernorm.weight, lyr.input_layernorm.variance_epsilon),
-            attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj,
+            qkv, attn.o_proj,
             RMSNorm(lyr.post_attention_layernorm.weight,
                     lyr.post_attention_layernorm.variance_epsilon),
             GatedFeedForward(mlp.gate_proj, mlp.up_proj, mlp.down_proj, act),
-            cfg.num_attention_heads, kv_heads, head_dim ** -0.5))
+            cfg.num_attention_heads, kv_heads, head_dim))
     norm = RMSNorm(base.norm.weight, base.norm.variance_epsilon)
     rotary = base.rotary_emb
     return HFDecoderForExport(base.embed_tokens, None, blocks, norm, model.lm_head, max_seq_len,

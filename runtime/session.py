@@ -122,7 +122,11 @@ class Session:
     def allocate(self, nbytes: int):
         raise NotImplementedError
 
-    def run(self, bindings: Mapping[str, Binding], profile: int = 0) -> None:
+    def run(self, bindings: Mapping[str, Binding], profile: int = 0,
+            check: bool = True) -> None:
+        """Run on the bound tensors. check=False skips ``check_bindings``: only for a caller
+        that checked the same bindings before and has since changed nothing but shapes it
+        proved are in the profile and fit their buffers (the generator's decode loop)."""
         raise NotImplementedError
 
     def output_shapes(self, input_shapes: Mapping[str, Sequence[int]],

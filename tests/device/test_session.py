@@ -178,10 +178,16 @@ def _decoder_bindings(session, step_plan, step_arena, cache_plan, cache, batch, 
     return bindings
 
 
-def test_decoder_appends_new_keys_in_place(decoder_onnx):
+@pytest.mark.parametrize("binding_path", ["pybind", "public"])
+def test_decoder_appends_new_keys_in_place(decoder_onnx, binding_path):
+    """Both ways the ORT backend binds by address (runtime.ort_backend._Binder): the pybind
+    object directly (the fast path, which this onnxruntime must offer) and the public API."""
     rng = np.random.default_rng(1)
     reference = ort.InferenceSession(str(decoder_onnx), providers=["CPUExecutionProvider"])
     with open_session(decoder_onnx) as session:
+        assert session._binder._raw is not None  # the fast path is there to be tested
+        if binding_path == "public":
+            session._binder._raw = None
         layers = sum(name.startswith("past_key_") for name in session.inputs)
         kv_dim = session.inputs["past_key_0"].shape[2]
         batch, max_seq, prompt = 2, 16, 5

@@ -50,7 +50,8 @@ def test_report_rows_and_absent_peers(llama):
     models = {"llama": {"parameters": 1, "prompt": PROMPT,
                         "artifacts": {"ours": str(onnx_path), "transformers": str(folder)},
                         "absent": {"optimum": "no venv given (--optimum-python)",
-                                   "genai": "no venv given (--genai-python)"}}}
+                                   "genai": "no venv given (--genai-python)"},
+                        "graph_nodes": {"ours": 123}}}
     runs = {"llama": {"ours": [_run("ours", onnx_path)] * 2,
                       "transformers": [_run("transformers", folder)]}}
     report = peers.build_report(models, runs, TOKENS, rounds=2, threads=1)
@@ -59,11 +60,23 @@ def test_report_rows_and_absent_peers(llama):
     assert "--optimum-python" in rows["optimum"]["reason"]
     assert rows["ours"]["equal_prefix_vs_transformers"] == TOKENS
     assert rows["transformers"]["x_transformers"] == pytest.approx(1.0)
-    assert rows["ours"]["tokens_per_s"]["n"] == 2
+    assert rows["ours"]["tokens_per_s"]["n"] == len(rows["ours"]["tokens_per_s_by_round"]) == 2
     assert rows["ours"]["ms_near"]["10"] is not None  # steps at positions 5..43 include 10
     table = peers.markdown(report)
     assert "| llama | genai | not available: no venv given" in table
     assert f"{TOKENS}/{TOKENS}" in table
+    assert rows["ours"]["graph_nodes"] == 123 and f"{TOKENS}/{TOKENS} | 123 |" in table
+
+
+def test_node_count_is_after_onnxruntime_optimizations(llama, tmp_path):
+    import onnx
+
+    _, onnx_path = llama
+    exported = len(onnx.load(str(onnx_path)).graph.node)
+    optimized = peers.optimized_node_count(onnx_path)
+    # ORT folds the exporter's shape arithmetic and fuses each RMSNorm into one node
+    assert 0 < optimized < exported
+    assert peers.optimized_node_count(tmp_path) is None  # a folder without model.onnx
 
 
 def test_worker_failure_is_one_line(tmp_path):
