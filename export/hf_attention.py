@@ -157,13 +157,20 @@ def attend_cache(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     The query group is folded into the query axis, (batch, kv_heads, group * new, head_dim), so
     the cache is never repeated and every product is a 4-D MatMul into which ONNX Runtime folds
     the cache's permutes. Each reshape takes its dynamic sizes from its own input at the same
-    axis (export.reshape_dims turns those into Reshape's 0 = "copy this axis").
+    axis, which ONNX Runtime's optimizer turns into a constant shape. Without a group (plain
+    multi-head attention) the query needs one reshape and one transpose, not three nodes.
     """
     k = keys.view(keys.shape[0], keys.shape[1], kv_heads, head_dim).permute(1, 2, 3, 0)
     v = values.view(values.shape[0], values.shape[1], kv_heads, head_dim).permute(1, 2, 0, 3)
-    qh = q.view(q.shape[0], q.shape[1], kv_heads, group, head_dim).permute(0, 2, 3, 1, 4)
-    qh = qh.reshape(qh.shape[0], qh.shape[1], -1, head_dim)  # (batch, kv_heads, group*new, hd)
+    if group == 1:
+        qh = q.view(q.shape[0], q.shape[1], kv_heads, head_dim).transpose(1, 2)
+    else:
+        qh = q.view(q.shape[0], q.shape[1], kv_heads, group, head_dim).permute(0, 2, 3, 1, 4)
+        qh = qh.reshape(qh.shape[0], qh.shape[1], -1, head_dim)  # (b, kv_heads, group*new, hd)
     scores = torch.matmul(qh, k).masked_fill(blocked, MASK_VALUE)  # (b, kvh, g*new, total)
     out = torch.matmul(torch.softmax(scores, dim=-1), v)  # (batch, kv_heads, group*new, hd)
-    out = out.view(out.shape[0], out.shape[1], group, -1, head_dim).permute(0, 3, 1, 2, 4)
+    if group == 1:
+        out = out.transpose(1, 2)  # (batch, new, heads, head_dim)
+    else:
+        out = out.view(out.shape[0], out.shape[1], group, -1, head_dim).permute(0, 3, 1, 2, 4)
     return out.reshape(out.shape[0], out.shape[1], -1)  # (batch, new, heads * head_dim)
