@@ -139,10 +139,10 @@ def summarise(arch: str, peer: str, results: List[Dict], reference: Optional[Lis
 
     positions = np.concatenate([np.asarray(r["positions"], np.int64) for r in results])
     step_ms = np.concatenate([np.asarray(r["step_ms"], np.float64) for r in results])
+    # round by round (every tool ran once per round), for ratios paired within a round
+    by_round = [len(r["tokens"]) / r["seconds"] for r in results]
     row = {"model": arch, "peer": peer, "status": "ran",
-           "tokens_per_s": median_spread([len(r["tokens"]) / r["seconds"] for r in results]),
-           # round by round (every tool ran once per round), for ratios paired within a round
-           "tokens_per_s_by_round": [len(r["tokens"]) / r["seconds"] for r in results],
+           "tokens_per_s": median_spread(by_round), "tokens_per_s_by_round": by_round,
            "ms_near": {str(p): ms_near(positions, step_ms, p) for p in POSITIONS},
            "curve": per_token_vs_position(positions, step_ms, bins=24),
            "tokens": len(results[0]["tokens"]), "graph_nodes": graph_nodes}

@@ -275,11 +275,11 @@ class Generator:
             self._mask_rows[:batch, past] = 1
             b["attention_mask"].view(self.dtypes["attention_mask"])[...] = \
                 self._mask_rows[:batch, :past + 1]
-            checked = profile is not None  # the first step's bindings are checked in full
-            if profile is None:
+            first = profile is None  # the first step's bindings are checked in full
+            if first:
                 profile = self._decode_profile(batch, past, stop)
             start = time.perf_counter()
-            self._run_step(batch, past=past, new=1, profile=profile, check=not checked)
+            self._run_step(batch, past=past, new=1, profile=profile, check=first)
             self._decode_ms[step] = (time.perf_counter() - start) * 1e3
             self._decode_past[step] = past
             step += 1

@@ -162,16 +162,14 @@ class _Binder:
     def __init__(self, io, device_type: str):
         self._io, self._device_type = io, device_type
         raw = getattr(io, "_iobinding", None)
-        self._raw = self._device = None
         try:
             from onnxruntime.capi import _pybind_state as C
 
             kind = C.OrtDevice.cuda() if device_type == "cuda" else C.OrtDevice.cpu()
             self._device = C.OrtDevice(kind, C.OrtDevice.default_memory(), 0)
-            self._raw = raw if hasattr(raw, "bind_input") and hasattr(raw, "bind_output") \
-                else None
         except (ImportError, AttributeError, TypeError):
-            self._raw = None
+            raw = self._device = None
+        self._raw = raw if hasattr(raw, "bind_input") and hasattr(raw, "bind_output") else None
 
     def bind_input(self, name: str, np_type, shape: Shape, address: int) -> None:
         if self._raw is not None:
