@@ -91,6 +91,8 @@ def _check_range(arena, offset: int, nbytes: int | None) -> int:
 class HostArena:
     """An arena in ordinary host memory, for backends whose device is the CPU."""
 
+    copies = False  # host memory is the tensor memory: upload/download only check the range
+
     def __init__(self, nbytes: int):
         if nbytes <= 0:
             raise ToolkitError(f"arena size {nbytes} bytes: expected a positive size")
@@ -117,6 +119,8 @@ class CudaArena:
     ``timer`` (optional) gets ``before_upload()`` / ``after_download()`` calls so a backend can
     record CUDA events around the copies (see ``runtime.trt_backend``).
     """
+
+    copies = True  # upload/download queue real copies on the stream
 
     def __init__(self, nbytes: int, stream, timer=None):
         import pycuda.driver as cuda

@@ -145,6 +145,7 @@ class Generator:
         self._decode_ms = np.zeros(positions, np.float64)  # (positions,) per decode step
         self._decode_past = np.zeros(positions, np.int32)  # (positions,)
         self._reasons: List[str | None] = [None] * rows
+        self._topk: tuple = ()  # (values, indices) views of this request's batch, by _prefill
 
     def _allocate(self, graph_k: int) -> None:
         b, p, t, v = self.max_batch, self.max_prompt, self.context_limit, self.info.vocab_size
@@ -241,6 +242,8 @@ class Generator:
             b[name].shape = (batch, longest)
         b["logits"].shape = (batch, longest, self.info.vocab_size)
         b["topk_values"].shape = b["topk_indices"].shape = (batch, self.graph_k)
+        self._topk = (b["topk_values"].view(self.dtypes["topk_values"]),  # (batch, K) fp32
+                      b["topk_indices"].view(self.dtypes["topk_indices"]))  # (batch, K) int32
         ids = b["input_ids"].view(self.dtypes["input_ids"])  # (batch, longest) int32, left padded
         positions = b["position_ids"].view(self.dtypes["position_ids"])  # (batch, longest) int32
         ids.fill(self.info.pad_id)
@@ -264,16 +267,20 @@ class Generator:
         b = self.bindings
         b["input_ids"].shape = b["position_ids"].shape = (batch, 1)
         b["logits"].shape = (batch, 1, self.info.vocab_size)
+        # Views made once: these shapes hold for every decode step.
+        ids = b["input_ids"].view(self.dtypes["input_ids"])[:, 0]  # (batch,) int32
+        positions = b["position_ids"].view(self.dtypes["position_ids"])[:, 0]  # (batch,) int32
+        mask_slot = self.plan.view(self.arena, "attention_mask").reshape(-1)  # (b*t,) int32
+        mask = b["attention_mask"]
         profile = None
         step = 0
         past = longest
         while any(reason is None for reason in self._reasons[:batch]):
-            b["attention_mask"].shape = (batch, past + 1)
-            b["input_ids"].view(self.dtypes["input_ids"])[:, 0] = self._next_token[:batch]
-            b["position_ids"].view(self.dtypes["position_ids"])[:, 0] = \
-                self._next_position[:batch]
+            ids[:] = self._next_token[:batch]
+            positions[:] = self._next_position[:batch]
             self._mask_rows[:batch, past] = 1
-            b["attention_mask"].view(self.dtypes["attention_mask"])[...] = \
+            mask.shape = (batch, past + 1)  # row-major in its slot: rows move as past grows
+            mask_slot[:batch * (past + 1)].reshape(batch, past + 1)[...] = \
                 self._mask_rows[:batch, :past + 1]
             first = profile is None  # the first step's bindings are checked in full
             if first:
@@ -316,17 +323,19 @@ class Generator:
         """
         b = self.bindings
         self.kv.update_bindings(b, past, new)
-        for name in ("input_ids", "position_ids", "attention_mask"):
-            b[name].upload(self.dtypes[name])
+        copies = self.arena.copies  # False where host memory is the tensor memory
+        if copies:
+            for name in ("input_ids", "position_ids", "attention_mask"):
+                b[name].upload(self.dtypes[name])
         if profile is None:
             profile = self.session.find_profile({n: b[n].shape for n in self.session.inputs})
         self.session.run(b, profile, check=check)
-        if self._full_logits:
+        if copies and self._full_logits:
             row_bytes = self.info.vocab_size * self.dtypes["logits"].itemsize
             for r in range(batch):  # only each row's last position
                 self.arena.download(b["logits"].offset + ((r + 1) * new - 1) * row_bytes,
                                     row_bytes)
-        else:
+        elif copies:
             b["topk_values"].download(self.dtypes["topk_values"])
             b["topk_indices"].download(self.dtypes["topk_indices"])
         self.session.synchronize()
@@ -334,12 +343,10 @@ class Generator:
     def _choose(self, batch: int, new: int, n_positions: int, sampler: Sampler, stop,
                 on_token: OnToken | None) -> None:
         """Sample each unfinished row's next token from the step's output and record it."""
-        b = self.bindings
         if self._full_logits:
-            logits = b["logits"].view(self.dtypes["logits"])  # (batch, new, vocab) fp32
+            logits = self.bindings["logits"].view(self.dtypes["logits"])  # (batch, new, vocab)
         else:
-            values = b["topk_values"].view(self.dtypes["topk_values"])  # (batch, K) fp32
-            indices = b["topk_indices"].view(self.dtypes["topk_indices"])  # (batch, K) int32
+            values, indices = self._topk  # (batch, K) fp32, (batch, K) int32
         for r in range(batch):
             if self._reasons[r] is not None:
                 continue

@@ -213,6 +213,53 @@ def test_batch_of_two_prompt_lengths_equals_single_runs(decoder):
     assert batched.decode_past.tolist() == list(range(len(ids[1]), len(ids[1]) + 19))
 
 
+class CopyingArena(HostArena):
+    """A host arena that says it needs copies, as a CudaArena does; it records them."""
+
+    copies = True
+
+    def __init__(self, nbytes):
+        super().__init__(nbytes)
+        self.uploads, self.downloads = [], []  # (offset, nbytes) per call
+
+    def upload(self, offset=0, nbytes=None):
+        super().upload(offset, nbytes)
+        self.uploads.append((offset, nbytes))
+
+    def download(self, offset=0, nbytes=None):
+        super().download(offset, nbytes)
+        self.downloads.append((offset, nbytes))
+
+
+@pytest.mark.parametrize("sampler", [Sampler(), Sampler(temperature=1e-6, seed=0)],
+                         ids=["top-k outputs", "full logits"])
+def test_arenas_that_need_copies_get_every_step_uploaded_and_downloaded(
+        decoder, tiny_decoder_onnx, monkeypatch, sampler):
+    """The host arena skips its no-op copies; a device arena (CUDA) must still get the step's
+    inputs uploaded and the sampler's outputs downloaded, every step, before it is read."""
+    from runtime.generate import Generator
+    from runtime.session import open_session
+
+    ids = [_prompt(decoder, PROMPTS[0])]
+    expected = decoder.generate_ids(ids, 10, sampler).tokens
+    with open_session(tiny_decoder_onnx) as session:
+        monkeypatch.setattr(session, "allocate", CopyingArena)
+        generator = Generator(session, decoder.tokenizer, decoder.info, max_batch=1)
+        result = generator.generate_ids(ids, 10, sampler)
+        arena, plan = generator.arena, generator.plan
+    assert result.tokens == expected
+    runs = 1 + len(result.decode_ms)  # the prefill, then each decode step
+    uploaded = [offset for offset, _ in arena.uploads]
+    for name in ("input_ids", "position_ids", "attention_mask"):
+        assert uploaded.count(plan.offset(name)) == runs, name
+    if sampler.needs_full_logits(generator.graph_k):
+        assert len(arena.downloads) == runs  # one row of logits per run (batch 1)
+    else:
+        downloaded = [offset for offset, _ in arena.downloads]
+        assert downloaded.count(plan.offset("topk_values")) == runs
+        assert downloaded.count(plan.offset("topk_indices")) == runs
+
+
 def test_full_logits_path_at_tiny_temperature_matches_greedy(decoder):
     ids = [_prompt(decoder, PROMPTS[1])]
     greedy = decoder.generate_ids(ids, 15, Sampler()).tokens

@@ -157,6 +157,13 @@ def test_repeated_runs_do_not_allocate(classifier_onnx):
         assert after - before < 2048, f"{after - before} bytes still held after 200 runs"
 
 
+def test_sessions_keep_no_memory_pattern_per_shape(decoder_onnx):
+    """Every decode step has a new past length: a per-shape allocation plan would be built and
+    kept once per step (runtime.ort_backend.session_options)."""
+    with open_session(decoder_onnx) as session:
+        assert session._sess.get_session_options().enable_mem_pattern is False
+
+
 # --- decoder: KV cache appended in place ---------------------------------------------------
 def _step_shapes(session, batch, past, new):
     vocab = session.outputs["logits"].shape[2]

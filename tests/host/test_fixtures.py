@@ -62,11 +62,23 @@ def test_committed_fixture_is_what_the_script_makes(fresh, name):
         {k: v for k, v in new.items() if k not in VOLATILE}
     tokenizer = old["tokenizer"]
     assert (committed.parent / tokenizer).read_bytes() == (made.parent / tokenizer).read_bytes()
-    assert json.loads(reference_path(committed).read_text()) == \
-        json.loads(reference_path(made).read_text())
+    _assert_same_reference(json.loads(reference_path(committed).read_text()),
+                           json.loads(reference_path(made).read_text()))
     sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
                 for p in (committed, made)]
     feeds = _feeds(sessions[0], old, np.random.default_rng(0))
     outputs = [s.run(None, feeds) for s in sessions]
     for a, b, spec in zip(*outputs, sessions[0].get_outputs()):
         np.testing.assert_allclose(a, b, atol=1e-6, err_msg=spec.name)
+
+
+def _assert_same_reference(old, new):
+    """Token ids and greedy tokens exactly; PyTorch's logits to float rounding, which differs
+    between CPUs (AVX-512 and AVX2 kernels round the last bits differently)."""
+    assert sorted(old) == sorted(new)
+    for key in old:
+        if key == "logits":
+            np.testing.assert_allclose(np.array(old[key]), np.array(new[key]), atol=1e-6,
+                                       err_msg="reference logits")
+        else:
+            assert old[key] == new[key], key
