@@ -41,32 +41,17 @@ def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
-           scale: float, group: int = 1) -> torch.Tensor:
-    """Scaled dot-product attention with grouped-query heads.
-
-    q (batch, heads, q_len, head_dim); k, v (batch, kv_heads, k_len, head_dim) with
-    heads = group * kv_heads (group a Python int, so the traced graph has no data-dependent
-    branch); allowed: bool, broadcastable to (batch, 1, q_len, k_len).
-    -> (batch, q_len, heads * head_dim). Query heads are grouped as (kv_heads, group) and the
-    group folded into the query axis, (batch, kv_heads, group * q_len, head_dim), so the cache
-    is never repeated in memory and every product stays a plain 4-D MatMul: ONNX Runtime then
-    fuses the permutes of the position-major cache into the MatMuls. With a 5-D broadcast
-    (unsqueezed K/V) it could not, and a Llama decode step copied the whole past K once per
-    layer (per-token time 2.5x from position 10 to 400, against 1.3x for GPT-2).
-    """
-    batch, q_len, head_dim = q.shape[0], q.shape[2], q.shape[3]
-    if group > 1:
-        q = q.reshape(batch, k.shape[1], group * q_len, head_dim)  # (b, kv_heads, group*q, hd)
-        allowed = allowed.expand(-1, -1, q_len, -1).repeat(1, 1, group, 1)  # (b, 1, group*q, k)
+           scale: float) -> torch.Tensor:
+    """Scaled dot-product attention of an encoder: q, k, v (batch, heads, seq, head_dim);
+    allowed: bool, broadcastable to (batch, 1, q_len, k_len). -> (batch, q_len, heads *
+    head_dim). (Decoders attend over their cache with ``attend_cache``.)"""
+    batch, q_len = q.shape[0], q.shape[2]
     scores = torch.matmul(q, k.transpose(-2, -1))
     if scale != 1.0:
         scores = scores * scale
     scores = scores.masked_fill(~allowed, MASK_VALUE)
-    out = torch.matmul(torch.softmax(scores, dim=-1), v)  # (batch, kv_heads, [group *] q, hd)
-    if group > 1:
-        out = out.reshape(batch, -1, q_len, head_dim)  # (batch, heads, q_len, head_dim)
-    out = out.transpose(1, 2)  # (batch, q_len, heads, head_dim)
-    return out.reshape(batch, q_len, -1)
+    out = torch.matmul(torch.softmax(scores, dim=-1), v)  # (batch, heads, q_len, head_dim)
+    return out.transpose(1, 2).reshape(batch, q_len, -1)
 
 
 def linear_from_conv1d(conv) -> nn.Linear:

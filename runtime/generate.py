@@ -330,15 +330,21 @@ class Generator:
         if profile is None:
             profile = self.session.find_profile({n: b[n].shape for n in self.session.inputs})
         self.session.run(b, profile, check=check)
-        if copies and self._full_logits:
+        if copies:
+            self._download_outputs(batch, new)
+        self.session.synchronize()
+
+    def _download_outputs(self, batch: int, new: int) -> None:
+        """Queue the copies of what the sampler reads: each row's last logits, or the top-K."""
+        b = self.bindings
+        if self._full_logits:
             row_bytes = self.info.vocab_size * self.dtypes["logits"].itemsize
             for r in range(batch):  # only each row's last position
                 self.arena.download(b["logits"].offset + ((r + 1) * new - 1) * row_bytes,
                                     row_bytes)
-        elif copies:
+        else:
             b["topk_values"].download(self.dtypes["topk_values"])
             b["topk_indices"].download(self.dtypes["topk_indices"])
-        self.session.synchronize()
 
     def _choose(self, batch: int, new: int, n_positions: int, sampler: Sampler, stop,
                 on_token: OnToken | None) -> None:
