@@ -34,6 +34,7 @@ from engines.build_steps import (
     build_serialized,
     check_polygraphy,
     engine_io,
+    engine_outputs,
     make_calibrator,
     num_dla_cores,
     polygraphy_version,
@@ -162,8 +163,10 @@ def build_engine(
         staged = replace(options, timing_cache=str(timing_tmp) if reuse else None)
         config = make_config_loader(staged, plan, profiles, calibrator,
                                     calibration.get("profile_index"))
+        kept = {t["name"] for t in engine_outputs(sidecar["outputs"])}
+        dropped = [t["name"] for t in sidecar["outputs"] if t["name"] not in kept]
         engine_bytes, seconds = build_serialized(source, plan, config, timing_tmp, plan_path,
-                                                  options.verbose)
+                                                  options.verbose, drop_outputs=dropped)
         atomic_write_bytes(plan_path, engine_bytes)
     write_manifest(plan_path, _manifest_record(
         onnx_path, plan_path, sidecar, version, options, plan, profiles, source, calibration,
@@ -189,7 +192,7 @@ def _manifest_record(onnx_path: Path, plan_path: Path, sidecar, version: str,
         "int8": _int8_record(plan, source, calibration),
         "profiles": [p.to_json() for p in profiles],
         "inputs": sidecar["inputs"],
-        "outputs": sidecar["outputs"],
+        "outputs": engine_outputs(sidecar["outputs"]),
         "engine_io": engine_io(engine_bytes),
         "onnx": {"path": str(onnx_path), "sha256": sha256_file(onnx_path)},
         "built_from": {"path": str(source), "sha256": sha256_file(source)},

@@ -11,7 +11,7 @@ import contextlib
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from common.errors import ToolkitError
 from common.fileio import atomic_path
@@ -64,13 +64,32 @@ def make_calibrator(calibration: Dict, cache_tmp: Path | None):
     return Calibrator(data, cache=str(cache_tmp) if cache_tmp is not None else None)
 
 
+# A decoder graph's present_{key,value}_l outputs (past + new positions) exist for ONNX Runtime,
+# which binds them over the KV cache they are concatenated from (runtime/kv_cache.py). TensorRT
+# promises nothing for an output that overlaps an input, so the engine is built without them:
+# the Concat stays inside it and its I/O is the append-only interface of CONTRIBUTING.md.
+WINDOW_OUTPUT_PREFIX = "present_"
+
+
+def engine_outputs(outputs: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The sidecar's outputs an engine keeps (all but the cache windows), in order."""
+    return [t for t in outputs if not t["name"].startswith(WINDOW_OUTPUT_PREFIX)]
+
+
 def build_serialized(source: Path, plan: PrecisionPlan, config, timing_tmp, plan_path: Path,
-                      verbose: bool) -> Tuple[bytes, float]:
-    from polygraphy.backend.trt import EngineBytesFromNetwork, NetworkFromOnnxPath
+                      verbose: bool, drop_outputs: Sequence[str] = ()) -> Tuple[bytes, float]:
+    """The serialized engine and its build seconds; ``drop_outputs`` are unmarked after parsing."""
+    from polygraphy.backend.trt import (
+        EngineBytesFromNetwork,
+        ModifyNetworkOutputs,
+        NetworkFromOnnxPath,
+    )
     from polygraphy.logger import G_LOGGER
 
     network_kwargs = {"strongly_typed": True} if plan.strongly_typed else {}
     network = NetworkFromOnnxPath(str(source), **network_kwargs)
+    if drop_outputs:
+        network = ModifyNetworkOutputs(network, exclude_outputs=list(drop_outputs))
     build = EngineBytesFromNetwork(network, config=config,
                                    save_timing_cache=str(timing_tmp) if timing_tmp else None)
     severity = G_LOGGER.EXTRA_VERBOSE if verbose else G_LOGGER.INFO

@@ -4,7 +4,9 @@ interface with the zero-copy cache the runtime binds.
 Inputs: input_ids, position_ids (batch, new) int32; attention_mask (batch, past + new) int32;
 past_key_{l}, past_value_{l} (past, batch, kv_dim) fp32. Outputs: logits (batch, new, vocab);
 topk_values (batch, K) fp32; topk_indices (batch, K) int32; new_key_{l}, new_value_{l}
-(new, batch, kv_dim) fp32: the new positions only, heads merged, kv_dim = kv_heads * head_dim.
+(new, batch, kv_dim) fp32: the new positions only, heads merged, kv_dim = kv_heads * head_dim;
+present_key_{l}, present_value_{l} (past + new, batch, kv_dim) fp32: what the layer attends
+over, which the runtime binds over the cache itself.
 
 The wrapper holds the HF model's own modules (GPT-2's ``Conv1D`` turned into nn.Linear), with
 each layer's q/k/v as one MatMul (``fused_projection``) and everything the layers share (masks,
@@ -116,16 +118,18 @@ class HFDecoderForExport(nn.Module):
     dynamic_axes = OwnDecoderForExport.dynamic_axes
 
     def forward(self, input_ids, position_ids, attention_mask, *past):
-        new_keys, new_values = [], []
+        new_keys, new_values, windows = [], [], []
         logits = self.decode(input_ids, position_ids, attention_mask, list(past[0::2]),
-                             list(past[1::2]), new_keys, new_values)  # (batch, new, vocab)
+                             list(past[1::2]), new_keys, new_values,
+                             windows)  # (batch, new, vocab)
         topk_values, topk_indices = torch.topk(logits[:, -1, :], self.topk, dim=-1)  # (batch, K)
         cache = [t for pair in zip(new_keys, new_values) for t in pair]
-        return (logits, topk_values, topk_indices.to(torch.int32), *cache)
+        return (logits, topk_values, topk_indices.to(torch.int32), *cache, *windows)
 
     def decode(self, input_ids, position_ids, attention_mask, past_keys, past_values,
-               new_keys, new_values):
-        """-> logits; appends each layer's (new, batch, kv_dim) keys/values to the lists.
+               new_keys, new_values, windows):
+        """-> logits; appends each layer's (new, batch, kv_dim) keys/values to the lists, and
+        its (total, batch, kv_dim) key and value over past + new to ``windows``.
 
         Everything a layer shares (masks, rotary angles) is made once, before the layers.
         """
@@ -156,6 +160,7 @@ class HFDecoderForExport(nn.Module):
             new_values.append(v_new)
             keys = torch.cat([past_k, k_new], dim=0)  # (total, batch, kv_dim)
             values = torch.cat([past_v, v_new], dim=0)
+            windows += [keys, values]
             x = x + block.o(attend_cache(q, keys, values, blocked_local if block.local
                                          else blocked, block.kv_heads, group, block.head_dim))
             x = x + block.mlp(block.norm_2(x))

@@ -28,6 +28,7 @@ from export.parity import (
     DEFAULT_BATCHES,
     _right_padded_mask,
     _summarise,
+    cache_names,
     decoder_feeds,
     ort_session,
     tokenize_batch,
@@ -122,16 +123,16 @@ def _decoder_cases(model, session, ids: np.ndarray) -> List[Dict[str, Any]]:
                          attention_mask=torch.from_numpy(mask).long(),
                          position_ids=torch.from_numpy(positions).long()).logits.float().numpy()
     names = [o.name for o in session.get_outputs()]
-    layers = (len(names) - 3) // 2
+    suffixes = cache_names(sum(i.name.startswith("past_key_") for i in session.get_inputs()))
     kv_dim = session.get_inputs()[3].shape[2]
     cases = []
     for past in sorted({0, seq // 2, seq - 1}):
-        cache = [np.zeros((0, batch, kv_dim), np.float32) for _ in range(2 * layers)]
+        cache = [np.zeros((0, batch, kv_dim), np.float32) for _ in suffixes]
         if past:  # the graph's own cache for the first part
             first = decoder_feeds(ids[:, :past], 0, mask[:, :past], cache)
             first["position_ids"] = positions[:, :past]
             got = dict(zip(names, session.run(names, first)))
-            cache = [got[name] for name in names[3:]]  # each (past, batch, kv_dim)
+            cache = [got[f"new_{name}"] for name in suffixes]  # each (past, batch, kv_dim)
         feeds = decoder_feeds(ids[:, past:], past, mask, cache)
         feeds["position_ids"] = np.ascontiguousarray(positions[:, past:])
         got = dict(zip(names, session.run(names, feeds)))
@@ -140,6 +141,10 @@ def _decoder_cases(model, session, ids: np.ndarray) -> List[Dict[str, Any]]:
         k = got["topk_values"].shape[1]
         top_values = -np.sort(-expected[:, -1], axis=-1)[:, :k]  # (batch, K) descending
         diffs.append(np.max(np.abs(got["topk_values"] - top_values)))
+        for name, past_part in zip(suffixes, cache):  # each window is past + this call's new
+            if f"present_{name}" in got:
+                window = np.concatenate([past_part, got[f"new_{name}"]])
+                diffs.append(np.max(np.abs(got[f"present_{name}"] - window)))
         top1_match = np.array_equal(got["topk_indices"][:, 0], expected[:, -1].argmax(-1))
         cases.append({"source": "random", "batch": int(batch), "past": int(past),
                       "new": int(seq - past), "top1_match": bool(top1_match),
@@ -186,13 +191,14 @@ def check_hf_greedy(model, session, prompt_ids, n_tokens: int, max_seq_len: int,
     want_tokens, want_logits = hf_greedy(model, prompt, n_tokens)
     names = [o.name for o in session.get_outputs()]
     kv_dim = session.get_inputs()[3].shape[2]
-    cache = [np.zeros((0, 1, kv_dim), np.float32) for _ in names[3:]]  # (0, 1, kv_dim)
+    suffixes = cache_names(sum(i.name.startswith("past_key_") for i in session.get_inputs()))
+    cache = [np.zeros((0, 1, kv_dim), np.float32) for _ in suffixes]  # (0, 1, kv_dim)
     ids, new_ids, worst = list(prompt), np.array([prompt], dtype=np.int32), 0.0
     for step in range(n_tokens):
         past = len(ids) - new_ids.shape[1]
         feeds = decoder_feeds(new_ids, past, np.ones((1, len(ids)), np.int32), cache)
         got = dict(zip(names, session.run(names, feeds)))
-        cache = [np.concatenate([c, got[name]]) for c, name in zip(cache, names[3:])]
+        cache = [np.concatenate([c, got[f"new_{name}"]]) for c, name in zip(cache, suffixes)]
         worst = max(worst, float(np.max(np.abs(got["logits"][0, -1] - want_logits[step]))))
         token = int(got["topk_indices"][0, 0])
         if token != want_tokens[step]:

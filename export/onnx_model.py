@@ -166,7 +166,8 @@ def io_spec(cfg, topk: int) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]
     outputs = [t("logits", "float32", "batch", "new", cfg.vocab_size),
                t("topk_values", "float32", "batch", topk),
                t("topk_indices", "int32", "batch", topk)]
-    outputs += [t(f"new_{kv}_{layer}", "float32", "new", "batch", cfg.kv_dim)
+    outputs += [t(f"{what}_{kv}_{layer}", "float32", axis, "batch", cfg.kv_dim)
+                for what, axis in (("new", "new"), ("present", "total"))
                 for layer in layers for kv in ("key", "value")]
     return inputs, outputs
 

@@ -136,7 +136,10 @@ def _decoder_cases(model, session, ids: np.ndarray) -> List[Dict[str, Any]]:
         feeds = decoder_feeds(ids[:, past:], past, mask, [c[:past] for c in cache])
         got = dict(zip(names, session.run(names, feeds)))
         diffs = [np.max(np.abs(got["logits"] - logits[:, past:]))]
-        diffs += [np.max(np.abs(got[name] - c[past:])) for name, c in zip(names[3:], cache)]
+        for name, c in zip(cache_names(len(cache) // 2), cache):  # new = c[past:], window = c
+            diffs.append(np.max(np.abs(got[f"new_{name}"] - c[past:])))
+            if f"present_{name}" in got:
+                diffs.append(np.max(np.abs(got[f"present_{name}"] - c)))
         k = got["topk_values"].shape[1]
         top_values = -np.sort(-logits[:, -1], axis=-1)[:, :k]  # (batch, K) descending
         diffs.append(np.max(np.abs(got["topk_values"] - top_values)))
@@ -146,6 +149,11 @@ def _decoder_cases(model, session, ids: np.ndarray) -> List[Dict[str, Any]]:
                       # a different top-1 token fails whatever the logits say
                       "max_abs_diff": float(max(diffs)) if top1_match else float("inf")})
     return cases
+
+
+def cache_names(layers: int) -> List[str]:
+    """["key_0", "value_0", "key_1", ...]: the suffixes of past_*, new_* and present_*."""
+    return [f"{kind}_{layer}" for layer in range(layers) for kind in ("key", "value")]
 
 
 def decoder_feeds(new_ids: np.ndarray, past: int, mask: np.ndarray, past_cache) -> Dict[str, Any]:
@@ -180,7 +188,8 @@ def check_greedy_decoding(model, session, prompt_ids, n_tokens, tolerance, onnx_
         mask = np.ones((1, len(ids)), dtype=np.int32)  # (1, total)
         feeds = decoder_feeds(new_ids, past, mask, cache)
         got = dict(zip(out_names, session.run(out_names, feeds)))
-        cache = [np.concatenate([c, got[name]]) for c, name in zip(cache, out_names[3:])]
+        cache = [np.concatenate([c, got[f"new_{name}"]])
+                 for c, name in zip(cache, cache_names(cfg.n_layers))]
         with torch.no_grad():  # reference: the whole sequence again, no cache
             expected = model(torch.tensor([ids]))[0][0, -1].numpy()  # (vocab,)
         worst = max(worst, float(np.max(np.abs(got["logits"][0, -1] - expected))))

@@ -3,8 +3,9 @@
 The device side feeds int32 token ids (TensorRT has no int64 bindings worth using), so the
 wrappers take int32 and cast to int64 inside the graph, where Gather needs it. The decoder
 wrapper flattens the per-layer cache lists into named tensors ``past_key_{l}``/``past_value_{l}``
--> ``new_key_{l}``/``new_value_{l}`` and adds the top-K of the last position, so a sampler on the
-device reads K values instead of a whole vocabulary row.
+-> ``new_key_{l}``/``new_value_{l}`` and ``present_key_{l}``/``present_value_{l}`` (the keys and
+values the layer attended over, past + new), and adds the top-K of the last position, so a
+sampler on the device reads K values instead of a whole vocabulary row.
 """
 from __future__ import annotations
 
@@ -57,7 +58,9 @@ class DecoderForExport(nn.Module):
     Inputs: input_ids, position_ids (batch, new) int32; attention_mask (batch, past+new) int32;
     past_key_{l}, past_value_{l} (past, batch, kv_dim) fp32, in layer order.
     Outputs: logits (batch, new, vocab); topk_values (batch, K) fp32; topk_indices (batch, K)
-    int32; new_key_{l}, new_value_{l} (new, batch, kv_dim) fp32.
+    int32; new_key_{l}, new_value_{l} (new, batch, kv_dim) fp32; present_key_{l},
+    present_value_{l} (past + new, batch, kv_dim) fp32, the concatenation each layer attends
+    over (``runtime.kv_cache`` binds it over the cache itself, so it costs no copy).
     """
 
     def __init__(self, model: nn.Module, topk: int):
@@ -70,10 +73,10 @@ class DecoderForExport(nn.Module):
         self.n_layers = model.cfg.n_layers
 
     @property
-    def cache_names(self) -> Tuple[List[str], List[str]]:
-        past = [f"past_{kv}_{layer}" for layer in range(self.n_layers) for kv in ("key", "value")]
-        new = [f"new_{kv}_{layer}" for layer in range(self.n_layers) for kv in ("key", "value")]
-        return past, new
+    def cache_names(self) -> Tuple[List[str], List[str], List[str]]:
+        """(past_*, new_*, present_*) names, layer by layer, key before value."""
+        return tuple([f"{what}_{kv}_{layer}" for layer in range(self.n_layers)
+                      for kv in ("key", "value")] for what in ("past", "new", "present"))
 
     @property
     def input_names(self) -> List[str]:
@@ -81,18 +84,20 @@ class DecoderForExport(nn.Module):
 
     @property
     def output_names(self) -> List[str]:
-        return ["logits", "topk_values", "topk_indices"] + self.cache_names[1]
+        _, new, present = self.cache_names
+        return ["logits", "topk_values", "topk_indices"] + new + present
 
     def forward(self, input_ids, position_ids, attention_mask, *past):
         past_keys = list(past[0::2])  # each (past, batch, kv_dim)
         past_values = list(past[1::2])
+        windows: List[torch.Tensor] = []  # per layer key, value: (total, batch, kv_dim)
         logits, new_keys, new_values = self.model(
             input_ids.to(torch.int64), position_ids.to(torch.int64), attention_mask,
-            past_keys, past_values,
+            past_keys, past_values, windows=windows,
         )  # logits (batch, new, vocab)
         topk_values, topk_indices = torch.topk(logits[:, -1, :], self.topk, dim=-1)  # (batch, K)
         cache = [t for pair in zip(new_keys, new_values) for t in pair]
-        return (logits, topk_values, topk_indices.to(torch.int32), *cache)
+        return (logits, topk_values, topk_indices.to(torch.int32), *cache, *windows)
 
     def dynamic_axes(self) -> Dict[str, Dict[int, str]]:
         axes = {
@@ -103,9 +108,10 @@ class DecoderForExport(nn.Module):
             "topk_values": {0: "batch"},
             "topk_indices": {0: "batch"},
         }
-        past_names, new_names = self.cache_names
+        past_names, new_names, present_names = self.cache_names
         axes.update({name: {0: "past", 1: "batch"} for name in past_names})
         axes.update({name: {0: "new", 1: "batch"} for name in new_names})
+        axes.update({name: {0: "total", 1: "batch"} for name in present_names})
         return axes
 
     def dummy_inputs(self, batch: int = 2, past: int = 3, new: int = 2) -> Tuple[torch.Tensor, ...]:

@@ -162,14 +162,26 @@ class Generator:
         plan.add("topk_indices", (b, graph_k), specs["topk_indices"].dtype)  # (batch, K) int32
         cache_dtype = specs["past_key_0"].dtype
         kv_offset = align(plan.nbytes)
-        kv_bytes = kv_cache_nbytes(self.info.layers, t, b, self.info.kv_dim, cache_dtype)
+        windows = self._binds_windows()
+        kv_bytes = kv_cache_nbytes(self.info.layers, t, b, self.info.kv_dim, cache_dtype, windows)
         self.plan = plan
         self.arena = self.session.allocate(kv_offset + kv_bytes)
-        # k_cache_l / v_cache_l  # (context_limit, batch, kv_dim) fp32, position-major
+        # k_cache_l / v_cache_l  # (context_limit [+ 1 scratch], batch, kv_dim) fp32, pos-major
         self.kv = KVCache(self.arena, kv_offset, self.info.layers, t, b, self.info.kv_dim,
-                          cache_dtype, aligned_slots=self.session.address_alignment >= 256)
+                          cache_dtype, aligned_slots=self.session.address_alignment >= 256,
+                          windows=windows)
         self.bindings = {name: plan.binding(self.arena, name) for name in plan.names}
         self.bindings.update(self.kv.make_bindings())
+
+    def _binds_windows(self) -> bool:
+        """Whether the graph's present_* outputs are there to be bound over the cache."""
+        windows = [n for n in self.session.outputs if n.startswith("present_")]
+        if windows and not self.session.overlapping_outputs:
+            raise ToolkitError(
+                f"{self.session.path.name} has outputs {windows[:2]}...: {self.session.backend} "
+                "cannot bind them over the KV cache; build the engine with engines.build "
+                "(make engine), which leaves them out")
+        return bool(windows)
 
     # -- public ----------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], max_new_tokens: int, sampler: Sampler,
@@ -279,9 +291,12 @@ class Generator:
             ids[:] = self._next_token[:batch]
             positions[:] = self._next_position[:batch]
             self._mask_rows[:batch, past] = 1
-            mask.shape = (batch, past + 1)  # row-major in its slot: rows move as past grows
-            mask_slot[:batch * (past + 1)].reshape(batch, past + 1)[...] = \
-                self._mask_rows[:batch, :past + 1]
+            mask.shape = (batch, past + 1)
+            if batch == 1:  # the slot already holds this row's first past positions
+                mask_slot[past] = 1
+            else:  # row-major in its slot: rows move as past grows
+                mask_slot[:batch * (past + 1)].reshape(batch, past + 1)[...] = \
+                    self._mask_rows[:batch, :past + 1]
             first = profile is None  # the first step's bindings are checked in full
             if first:
                 profile = self._decode_profile(batch, past, stop)

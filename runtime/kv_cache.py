@@ -12,6 +12,20 @@ position ``p`` is ``base_l + p * batch * kv_dim * itemsize``: a step with ``past
 slot range ``[past:past+new]``, so the graph appends in place. Nothing is copied or allocated per
 token.
 
+Window outputs: a graph exported by this project also returns ``present_key_l`` (past + new,
+batch, kv_dim), the concatenation the layer attends over. On ONNX Runtime (``windows=True``) it
+is bound to positions ``[0:past+new]`` of the block itself: the Concat's sources and its output
+are then the same bytes (the past prefix, and the slot ``new_key_l`` was just written to), and
+ONNX Runtime's CPU Concat copies nothing for them (a 4 MB window: 6 us bound in place against 120
+us to a separate buffer), so the per-step copy of every layer's cache that a Concat costs is
+gone. TensorRT makes no promise for outputs that overlap inputs, so engines are built without
+these outputs (``engines.build_steps``) and ``windows=False`` binds none.
+
+With windows, ``present_key_l`` is what updates the cache, so a decode step (``new == 1``)
+points ``new_key_l`` at a scratch slot after the block's last position instead (Concat then
+copies that one position into the window). The scratch slot never moves, so a decode step
+re-binds 8 tensors fewer for a 4-layer model; prefill writes its new positions in place.
+
 TensorRT's ``set_tensor_address`` needs 256-byte aligned addresses, so on TensorRT the slot
 stride ``batch * kv_dim * itemsize`` must be a multiple of 256 (``aligned_slots=True``; a layout
 that breaks it is refused with the nearest aligned choice). ONNX Runtime on the CPU reads and
@@ -37,9 +51,11 @@ def kv_block_nbytes(max_seq: int, max_batch: int, kv_dim: int, itemsize: int) ->
 
 
 def kv_cache_nbytes(layers: int, max_seq: int, max_batch: int, kv_dim: int,
-                    dtype: np.dtype = np.float32) -> int:
-    """Arena bytes for the whole cache: 2 blocks (K, V) per layer."""
-    return 2 * layers * kv_block_nbytes(max_seq, max_batch, kv_dim, np.dtype(dtype).itemsize)
+                    dtype: np.dtype = np.float32, windows: bool = False) -> int:
+    """Arena bytes for the whole cache: 2 blocks (K, V) per layer (with windows, each block
+    has one more position: the decode steps' scratch slot)."""
+    return 2 * layers * kv_block_nbytes(max_seq + int(windows), max_batch, kv_dim,
+                                        np.dtype(dtype).itemsize)
 
 
 def check_slot_stride(batch: int, kv_dim: int, dtype: np.dtype) -> None:
@@ -62,15 +78,18 @@ class KVCache:
     """Per-layer K/V blocks in ``arena`` from byte ``offset``; ``reset(batch)`` before a request."""
 
     def __init__(self, arena, offset: int, layers: int, max_seq: int, max_batch: int,
-                 kv_dim: int, dtype: np.dtype = np.float32, aligned_slots: bool = True):
+                 kv_dim: int, dtype: np.dtype = np.float32, aligned_slots: bool = True,
+                 windows: bool = False):
         self.arena = arena
+        self.windows = windows  # bind present_{kind}_l over the block (see the module docstring)
         self.layers = layers
         self.max_seq = max_seq
         self.max_batch = max_batch
         self.kv_dim = kv_dim
         self.dtype = np.dtype(dtype)
         self.aligned_slots = aligned_slots
-        self.block_nbytes = kv_block_nbytes(max_seq, max_batch, kv_dim, self.dtype.itemsize)
+        self.block_nbytes = kv_block_nbytes(max_seq + int(windows), max_batch, kv_dim,
+                                            self.dtype.itemsize)
         if offset % ALIGNMENT or (aligned_slots and (int(arena.ptr) + offset) % ALIGNMENT):
             raise ToolkitError(
                 f"KV cache offset {offset} (device address {int(arena.ptr) + offset:#x}) is not "
@@ -86,6 +105,10 @@ class KVCache:
         for layer in range(layers):
             for k, kind in enumerate(KINDS):
                 self.base[(layer, kind)] = offset + (2 * layer + k) * self.block_nbytes
+        # (block offset, past_*, new_*, present_* names) per block: named once, not per token
+        self._tensors = [(self.base[(layer, kind)], f"past_{kind}_{layer}",
+                          f"new_{kind}_{layer}", f"present_{kind}_{layer}")
+                         for layer in range(layers) for kind in KINDS]
         self.batch = 0
         self.slot_nbytes = 0
         self.reset(max_batch)
@@ -123,11 +146,15 @@ class KVCache:
                                                            (0, self.batch, self.kv_dim))
                 bindings[f"new_{kind}_{layer}"] = Binding(self.arena, self.base[(layer, kind)],
                                                           (1, self.batch, self.kv_dim))
+                if self.windows:
+                    bindings[f"present_{kind}_{layer}"] = Binding(
+                        self.arena, self.base[(layer, kind)], (1, self.batch, self.kv_dim))
         return bindings
 
     def update_bindings(self, bindings: Dict[str, Binding], past: int, new: int) -> None:
-        """Point the bindings at one step: ``past_{kind}_l`` = positions [0:past] (input) and
-        ``new_{kind}_l`` = positions [past:past+new] (output, written in place by the graph).
+        """Point the bindings at one step: ``past_{kind}_l`` = positions [0:past] (input),
+        ``new_{kind}_l`` = positions [past:past+new] (output, written in place by the graph) and,
+        with windows, ``present_{kind}_l`` = positions [0:past+new] (output, the same bytes).
 
         Moves the existing objects (no new Binding per token).
         """
@@ -137,11 +164,15 @@ class KVCache:
             )
         past_shape = (past, self.batch, self.kv_dim)
         new_shape = (new, self.batch, self.kv_dim)
-        for layer in range(self.layers):
-            for kind in KINDS:
-                base = self.base[(layer, kind)]
-                past_binding = bindings[f"past_{kind}_{layer}"]
-                past_binding.offset, past_binding.shape = base, past_shape
-                new_binding = bindings[f"new_{kind}_{layer}"]
-                new_binding.offset = base + past * self.slot_nbytes
-                new_binding.shape = new_shape
+        window_shape = (past + new, self.batch, self.kv_dim)
+        # with windows, a decode step's new_* goes to the scratch slot at position max_seq
+        new_position = self.max_seq if self.windows and new == 1 else past
+        new_offset = new_position * self.slot_nbytes
+        for base, past_name, new_name, window_name in self._tensors:
+            past_binding = bindings[past_name]
+            past_binding.offset, past_binding.shape = base, past_shape
+            new_binding = bindings[new_name]
+            new_binding.offset, new_binding.shape = base + new_offset, new_shape
+            if self.windows:
+                window = bindings[window_name]
+                window.offset, window.shape = base, window_shape

@@ -59,6 +59,7 @@ ORT_DTYPES = {
 class OrtSession(Session):
     backend = "onnxruntime"
     address_alignment = 0  # element alignment is enough for ONNX Runtime
+    overlapping_outputs = True  # its Concat copies nothing where source and output coincide
 
     def __init__(self, path: Path, providers: Sequence | None = None,
                  profile_ranges: Sequence[Mapping] | None = None):

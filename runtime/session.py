@@ -109,6 +109,10 @@ class Session:
 
     backend = ""
     address_alignment = 256
+    # May an output be bound over the bytes of an input (the decoder's present_* windows over
+    # its past_* cache)? TensorRT promises nothing for overlapping tensors, so only backends
+    # that copy nothing for such a Concat say yes (runtime/kv_cache.py).
+    overlapping_outputs = False
 
     def __init__(self, path: Path, inputs: Dict[str, TensorSpec],
                  outputs: Dict[str, TensorSpec], profiles: List[ProfileShapes]):

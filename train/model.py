@@ -272,9 +272,13 @@ class DecoderLM(nn.Module):
         attention_mask: Optional[torch.Tensor] = None,
         past_keys: Optional[List[torch.Tensor]] = None,
         past_values: Optional[List[torch.Tensor]] = None,
+        windows: Optional[List[torch.Tensor]] = None,
     ) -> Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
         """input_ids (batch, new) -> logits (batch, new, vocab) and, per layer, the new keys and
         values (new, batch, kv_dim), position-major.
+
+        windows: a list that, when given, receives each layer's keys and values over past + new
+        (total, batch, kv_dim), key then value: the export's ``present_*`` outputs.
 
         past_keys/past_values: per layer (past, batch, kv_dim), or None for an empty past.
         position_ids (batch, new): defaults to past, past+1, ...
@@ -304,6 +308,8 @@ class DecoderLM(nn.Module):
             new_values.append(v_new)
             k_all = torch.cat([past_k, k_new], dim=0)  # (past+new, batch, kv_dim)
             v_all = torch.cat([past_v, v_new], dim=0)
+            if windows is not None:
+                windows += [k_all, v_all]
             x = x + block.attn.attend(
                 block.attn.split_heads(q),
                 _heads_from_cache(k_all, block.attn),

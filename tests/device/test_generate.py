@@ -123,6 +123,31 @@ def test_kv_blocks_are_aligned_disjoint_and_slots_follow_the_stride():
         kv.update_bindings(bindings, past=9, new=2)
 
 
+def test_windows_cover_the_prefix_and_decode_steps_write_new_to_a_scratch_slot():
+    layers, max_seq, batch, kv_dim = 2, 10, 2, 24
+    plain = kv_cache_nbytes(layers, max_seq, batch, kv_dim)
+    nbytes = kv_cache_nbytes(layers, max_seq, batch, kv_dim, windows=True)
+    assert nbytes > plain  # one more position a block: the scratch slot
+    kv = KVCache(HostArena(nbytes), 0, layers, max_seq, batch, kv_dim, aligned_slots=False,
+                 windows=True)
+    bindings = kv.make_bindings()
+    stride, base = batch * kv_dim * 4, kv.base[(1, "value")]
+    kv.update_bindings(bindings, past=0, new=4)  # prefill: new_* written in place
+    assert (bindings["new_value_1"].offset, bindings["new_value_1"].shape) == \
+        (base, (4, batch, kv_dim))
+    assert (bindings["present_value_1"].offset, bindings["present_value_1"].shape) == \
+        (base, (4, batch, kv_dim))
+    for past in (4, 9):  # decode steps: new_* fixed after the last position, windows grow
+        kv.update_bindings(bindings, past=past, new=1)
+        assert bindings["new_value_1"].offset == base + max_seq * stride
+        assert bindings["present_value_1"].shape == (past + 1, batch, kv_dim)
+        assert bindings["present_value_1"].offset == bindings["past_value_1"].offset == base
+    scratch = bindings["new_value_1"]
+    assert scratch.offset + scratch.nbytes(np.float32) <= kv.base[(1, "value")] + kv.block_nbytes
+    scratch.view(np.float32)[...] = 3.0  # outside every window: no cached position changes
+    assert not kv.block(1, "value").any()
+
+
 def test_slot_stride_must_be_256_aligned_for_tensorrt():
     check_slot_stride(1, 64, np.float32)  # 256 bytes
     check_slot_stride(4, 32, np.float16)  # 256 bytes
@@ -258,6 +283,39 @@ def test_arenas_that_need_copies_get_every_step_uploaded_and_downloaded(
         downloaded = [offset for offset, _ in arena.downloads]
         assert downloaded.count(plan.offset("topk_values")) == runs
         assert downloaded.count(plan.offset("topk_indices")) == runs
+
+
+def test_cache_windows_are_bound_over_the_cache_itself(decoder):
+    """present_* (past + new) is bound over positions [0:past+new] of its layer's cache block,
+    the bytes its Concat reads, so ONNX Runtime copies nothing; no step buffer is planned for
+    it. The greedy reference test checks the tokens this gives."""
+    ids = [_prompt(decoder, PROMPTS[0])]
+    result = decoder.generate_ids(ids, 6, Sampler())
+    total = int(result.decode_past[-1]) + 1  # the last step's past + new
+    assert decoder.kv.windows and not any(n.startswith("present_") for n in decoder.plan.names)
+    slot = decoder.kv.slot_nbytes
+    for layer in range(decoder.info.layers):
+        for kind in ("key", "value"):
+            window = decoder.bindings[f"present_{kind}_{layer}"]
+            assert window.arena is decoder.arena
+            assert window.offset == decoder.bindings[f"past_{kind}_{layer}"].offset \
+                == decoder.kv.base[(layer, kind)]
+            assert window.shape == (total, 1, decoder.info.kv_dim)
+            scratch = decoder.bindings[f"new_{kind}_{layer}"].offset  # where decode wrote new_*
+            assert scratch == window.offset + decoder.context_limit * slot
+
+
+def test_window_outputs_on_a_backend_that_cannot_overlap_them_are_refused(tiny_decoder_onnx):
+    """TensorRT promises nothing for an output over an input: an engine that still has the
+    present_* outputs is refused with the way out, not run on overlapping buffers."""
+    from runtime.generate import Generator, open_decoder
+    from runtime.session import open_session
+
+    info, tok = open_decoder(tiny_decoder_onnx)
+    with open_session(tiny_decoder_onnx) as session:
+        session.overlapping_outputs = False
+        with pytest.raises(ToolkitError, match=r"present_key_0.*engines\.build"):
+            Generator(session, tok, info, max_batch=1)
 
 
 def test_full_logits_path_at_tiny_temperature_matches_greedy(decoder):

@@ -174,7 +174,8 @@ def _step_shapes(session, batch, past, new):
 
 
 def _decoder_bindings(session, step_plan, step_arena, cache_plan, cache, batch, past, new):
-    """One decoder call: past_* = prefix [0:past] of each cache, new_* = the slot at ``past``."""
+    """One decoder call: past_* = prefix [0:past] of each cache, new_* = the slot at ``past``,
+    present_* = prefix [0:past+new], the same bytes as past_* and new_* together."""
     bindings = step_plan.bindings(step_arena, _step_shapes(session, batch, past, new))
     for name in cache_plan.names:  # "key_cache_0", ...
         kind, layer = name.split("_")[0], name.rsplit("_", 1)[1]
@@ -182,13 +183,16 @@ def _decoder_bindings(session, step_plan, step_arena, cache_plan, cache, batch, 
         stride = batch * kv_dim * 4  # bytes per position of a (max_seq, batch, kv_dim) fp32 cache
         bindings[f"past_{kind}_{layer}"] = Binding(cache, base, (past, batch, kv_dim))
         bindings[f"new_{kind}_{layer}"] = Binding(cache, base + past * stride, (new, batch, kv_dim))
+        bindings[f"present_{kind}_{layer}"] = Binding(cache, base, (past + new, batch, kv_dim))
     return bindings
 
 
 @pytest.mark.parametrize("binding_path", ["pybind", "public"])
 def test_decoder_appends_new_keys_in_place(decoder_onnx, binding_path):
     """Both ways the ORT backend binds by address (runtime.ort_backend._Binder): the pybind
-    object directly (the fast path, which this onnxruntime must offer) and the public API."""
+    object directly (the fast path, which this onnxruntime must offer) and the public API. The
+    present_* windows are bound over the cache they are concatenated from, as the generator
+    binds them: the outputs must still be what an unbound run gives."""
     rng = np.random.default_rng(1)
     reference = ort.InferenceSession(str(decoder_onnx), providers=["CPUExecutionProvider"])
     with open_session(decoder_onnx) as session:
@@ -236,6 +240,9 @@ def test_decoder_appends_new_keys_in_place(decoder_onnx, binding_path):
                 for kind in ("key", "value"):
                     written = cache_plan.view(cache, f"{kind}_cache_{layer}")[past:past + new]
                     np.testing.assert_allclose(written, expected[f"new_{kind}_{layer}"],
+                                               rtol=1e-5, atol=1e-6)
+                    window = cache_plan.view(cache, f"{kind}_cache_{layer}")[:past + new]
+                    np.testing.assert_allclose(window, expected[f"present_{kind}_{layer}"],
                                                rtol=1e-5, atol=1e-6)
                     name = f"past_{kind}_{layer}"
                     feeds[name] = np.concatenate([feeds[name], expected[f"new_{kind}_{layer}"]])

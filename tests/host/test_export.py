@@ -151,11 +151,13 @@ def test_decoder_graph_and_sidecar(tiny_decoder_onnx):
         "past_key_0", "past_value_0", "past_key_1", "past_value_1"]
     assert [t["name"] for t in sc["outputs"]] == [
         "logits", "topk_values", "topk_indices",
-        "new_key_0", "new_value_0", "new_key_1", "new_value_1"]
+        "new_key_0", "new_value_0", "new_key_1", "new_value_1",
+        "present_key_0", "present_value_0", "present_key_1", "present_value_1"]
     outputs = {t["name"]: t for t in sc["outputs"]}
     assert outputs["topk_indices"] == {"name": "topk_indices", "dtype": "int32",
                                        "shape": ["batch", 16]}
     assert outputs["new_key_1"]["shape"] == ["new", "batch", 32]
+    assert outputs["present_key_1"]["shape"] == ["total", "batch", 32]
     assert sc["kv_cache"] == {"layers": 2, "kv_dim": 32, "layout": "position-major",
                               "dtype": "float32"}
     assert sc["topk"] == 16
@@ -172,8 +174,44 @@ def test_decoder_prefill_with_empty_past_and_decode_step(tiny_decoder_onnx):
     out = session.run(None, decoder_feeds(ids, 0, np.ones((2, 3), np.int32), empty))
     assert out[0].shape == (2, 3, 300) and out[2].dtype == np.int32 and out[3].shape == (3, 2, 32)
     np.testing.assert_array_equal(out[2][:, 0], out[0][:, -1].argmax(-1))
-    step = session.run(None, decoder_feeds(out[2][:, :1], 3, np.ones((2, 4), np.int32), out[3:]))
+    step = session.run(None, decoder_feeds(out[2][:, :1], 3, np.ones((2, 4), np.int32),
+                                           out[3:7]))
     assert step[0].shape == (2, 1, 300) and step[3].shape == (1, 2, 32)
+    # present_* is past + new: the prompt's keys, then this step's
+    np.testing.assert_array_equal(step[7], np.concatenate([out[3], step[3]]))
+    np.testing.assert_array_equal(out[7], out[3])
+
+
+def test_a_decoder_without_window_outputs_generates_the_same_tokens(tmp_path,
+                                                                    tiny_decoder_onnx):
+    """The interface an engine has (engines.build_steps drops present_*): the generator binds
+    only past_*/new_* and gives the tokens it gives with the windows bound over the cache."""
+    from common.artifacts import write_onnx_sidecar
+    from engines.build_steps import engine_outputs
+    from runtime.generate import Generator, open_decoder
+    from runtime.sampling import Sampler
+    from runtime.session import open_session
+
+    model = onnx.load(str(tiny_decoder_onnx))
+    kept = [o for o in model.graph.output if not o.name.startswith("present_")]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    path = tmp_path / "no_windows.onnx"
+    onnx.save(model, str(path))
+    sidecar = load_onnx_sidecar(tiny_decoder_onnx)
+    sidecar.update(outputs=engine_outputs(sidecar["outputs"]), onnx_sha256=sha256_file(path))
+    tokenizer = tiny_decoder_onnx.parent / sidecar["tokenizer"]
+    (tmp_path / sidecar["tokenizer"]).write_bytes(tokenizer.read_bytes())
+    write_onnx_sidecar(path, sidecar)
+    tokens = {}
+    for model_path in (tiny_decoder_onnx, path):
+        info, tok = open_decoder(model_path)
+        with open_session(model_path) as session:
+            generator = Generator(session, tok, info, max_batch=2)
+            assert generator.kv.windows == (model_path == tiny_decoder_onnx)
+            prompts = [generator.encode(["the cat sat on"])[0], [1, 7, 9]]
+            tokens[model_path] = generator.generate_ids(prompts, 30, Sampler()).tokens
+    assert tokens[path] == tokens[tiny_decoder_onnx] and len(tokens[path][0]) == 30
 
 
 def test_decoder_export_parity_and_greedy(tmp_path, tiny_decoder_checkpoint):
