@@ -39,6 +39,7 @@ from engines.build_steps import (
     num_dla_cores,
     polygraphy_version,
     staged_copy,
+    window_outputs,
 )
 from engines.builder_config import (
     INT8_SOURCES,
@@ -163,10 +164,9 @@ def build_engine(
         staged = replace(options, timing_cache=str(timing_tmp) if reuse else None)
         config = make_config_loader(staged, plan, profiles, calibrator,
                                     calibration.get("profile_index"))
-        kept = {t["name"] for t in engine_outputs(sidecar["outputs"])}
-        dropped = [t["name"] for t in sidecar["outputs"] if t["name"] not in kept]
-        engine_bytes, seconds = build_serialized(source, plan, config, timing_tmp, plan_path,
-                                                  options.verbose, drop_outputs=dropped)
+        engine_bytes, seconds = build_serialized(
+            source, plan, config, timing_tmp, plan_path, options.verbose,
+            drop_outputs=window_outputs(sidecar["outputs"]))
         atomic_write_bytes(plan_path, engine_bytes)
     write_manifest(plan_path, _manifest_record(
         onnx_path, plan_path, sidecar, version, options, plan, profiles, source, calibration,

@@ -76,6 +76,11 @@ def engine_outputs(outputs: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return [t for t in outputs if not t["name"].startswith(WINDOW_OUTPUT_PREFIX)]
 
 
+def window_outputs(outputs: Sequence[Dict[str, Any]]) -> List[str]:
+    """Names of the sidecar's cache-window outputs, which the engine build unmarks."""
+    return [t["name"] for t in outputs if t["name"].startswith(WINDOW_OUTPUT_PREFIX)]
+
+
 def build_serialized(source: Path, plan: PrecisionPlan, config, timing_tmp, plan_path: Path,
                       verbose: bool, drop_outputs: Sequence[str] = ()) -> Tuple[bytes, float]:
     """The serialized engine and its build seconds; ``drop_outputs`` are unmarked after parsing."""

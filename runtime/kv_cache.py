@@ -14,12 +14,12 @@ token.
 
 Window outputs: a graph exported by this project also returns ``present_key_l`` (past + new,
 batch, kv_dim), the concatenation the layer attends over. On ONNX Runtime (``windows=True``) it
-is bound to positions ``[0:past+new]`` of the block itself: the Concat's sources and its output
-are then the same bytes (the past prefix, and the slot ``new_key_l`` was just written to), and
-ONNX Runtime's CPU Concat copies nothing for them (a 4 MB window: 6 us bound in place against 120
-us to a separate buffer), so the per-step copy of every layer's cache that a Concat costs is
-gone. TensorRT makes no promise for outputs that overlap inputs, so engines are built without
-these outputs (``engines.build_steps``) and ``windows=False`` binds none.
+is bound to positions ``[0:past+new]`` of the block itself: the past prefix the Concat reads and
+the one it writes are then the same bytes, and ONNX Runtime's CPU Concat copies nothing for
+them (a 4 MB window: 6 us bound in place against 120 us to a separate buffer), so the per-step
+copy of every layer's cache that a Concat costs is gone. TensorRT makes no promise for outputs
+that overlap inputs, so engines are built without these outputs (``engines.build_steps``) and
+``windows=False`` binds none.
 
 With windows, ``present_key_l`` is what updates the cache, so a decode step (``new == 1``)
 points ``new_key_l`` at a scratch slot after the block's last position instead (Concat then
@@ -154,7 +154,9 @@ class KVCache:
     def update_bindings(self, bindings: Dict[str, Binding], past: int, new: int) -> None:
         """Point the bindings at one step: ``past_{kind}_l`` = positions [0:past] (input),
         ``new_{kind}_l`` = positions [past:past+new] (output, written in place by the graph) and,
-        with windows, ``present_{kind}_l`` = positions [0:past+new] (output, the same bytes).
+        with windows, ``present_{kind}_l`` = positions [0:past+new] (output over the same bytes,
+        which then writes the new positions) while a decode step's ``new_{kind}_l`` goes to the
+        scratch slot.
 
         Moves the existing objects (no new Binding per token).
         """

@@ -44,15 +44,17 @@ def decoder_sidecar(tiny_decoder_onnx):
 def test_engines_leave_out_the_cache_window_outputs(decoder_sidecar):
     """present_* is bound over the KV cache on ONNX Runtime only; an engine keeps the rest of
     the decoder's outputs in order (and a classifier all of its outputs)."""
-    from engines.build_steps import engine_outputs
+    from engines.build_steps import engine_outputs, window_outputs
 
     names = [t["name"] for t in decoder_sidecar["outputs"]]
     kept = [t["name"] for t in engine_outputs(decoder_sidecar["outputs"])]
-    assert "present_key_0" in names and len(names) == 3 + 4 * 2
+    assert len(names) == 3 + 4 * 2
     assert kept == ["logits", "topk_values", "topk_indices",
                     "new_key_0", "new_value_0", "new_key_1", "new_value_1"]
+    assert window_outputs(decoder_sidecar["outputs"]) == [
+        "present_key_0", "present_value_0", "present_key_1", "present_value_1"]
     logits = [{"name": "logits", "dtype": "float32", "shape": ["batch", 2]}]
-    assert engine_outputs(logits) == logits
+    assert engine_outputs(logits) == logits and window_outputs(logits) == []
 
 
 # ---------------------------------------------------------------- profiles
