@@ -28,7 +28,7 @@ from export.parity import (
     DEFAULT_BATCHES,
     _right_padded_mask,
     _summarise,
-    cache_names,
+    cache_suffixes,
     decoder_feeds,
     ort_session,
     tokenize_batch,
@@ -123,7 +123,7 @@ def _decoder_cases(model, session, ids: np.ndarray) -> List[Dict[str, Any]]:
                          attention_mask=torch.from_numpy(mask).long(),
                          position_ids=torch.from_numpy(positions).long()).logits.float().numpy()
     names = [o.name for o in session.get_outputs()]
-    suffixes = cache_names(sum(i.name.startswith("past_key_") for i in session.get_inputs()))
+    suffixes = cache_suffixes(sum(i.name.startswith("past_key_") for i in session.get_inputs()))
     kv_dim = session.get_inputs()[3].shape[2]
     cases = []
     for past in sorted({0, seq // 2, seq - 1}):
@@ -191,7 +191,7 @@ def check_hf_greedy(model, session, prompt_ids, n_tokens: int, max_seq_len: int,
     want_tokens, want_logits = hf_greedy(model, prompt, n_tokens)
     names = [o.name for o in session.get_outputs()]
     kv_dim = session.get_inputs()[3].shape[2]
-    suffixes = cache_names(sum(i.name.startswith("past_key_") for i in session.get_inputs()))
+    suffixes = cache_suffixes(sum(i.name.startswith("past_key_") for i in session.get_inputs()))
     cache = [np.zeros((0, 1, kv_dim), np.float32) for _ in suffixes]  # (0, 1, kv_dim)
     ids, new_ids, worst = list(prompt), np.array([prompt], dtype=np.int32), 0.0
     for step in range(n_tokens):

@@ -136,7 +136,7 @@ def _decoder_cases(model, session, ids: np.ndarray) -> List[Dict[str, Any]]:
         feeds = decoder_feeds(ids[:, past:], past, mask, [c[:past] for c in cache])
         got = dict(zip(names, session.run(names, feeds)))
         diffs = [np.max(np.abs(got["logits"] - logits[:, past:]))]
-        for name, c in zip(cache_names(len(cache) // 2), cache):  # new = c[past:], window = c
+        for name, c in zip(cache_suffixes(len(cache) // 2), cache):  # new = c[past:], window = c
             diffs.append(np.max(np.abs(got[f"new_{name}"] - c[past:])))
             if f"present_{name}" in got:
                 diffs.append(np.max(np.abs(got[f"present_{name}"] - c)))
@@ -151,7 +151,7 @@ def _decoder_cases(model, session, ids: np.ndarray) -> List[Dict[str, Any]]:
     return cases
 
 
-def cache_names(layers: int) -> List[str]:
+def cache_suffixes(layers: int) -> List[str]:
     """["key_0", "value_0", "key_1", ...]: the suffixes of past_*, new_* and present_*."""
     return [f"{kind}_{layer}" for layer in range(layers) for kind in ("key", "value")]
 
@@ -189,7 +189,7 @@ def check_greedy_decoding(model, session, prompt_ids, n_tokens, tolerance, onnx_
         feeds = decoder_feeds(new_ids, past, mask, cache)
         got = dict(zip(out_names, session.run(out_names, feeds)))
         cache = [np.concatenate([c, got[f"new_{name}"]])
-                 for c, name in zip(cache, cache_names(cfg.n_layers))]
+                 for c, name in zip(cache, cache_suffixes(cfg.n_layers))]
         with torch.no_grad():  # reference: the whole sequence again, no cache
             expected = model(torch.tensor([ids]))[0][0, -1].numpy()  # (vocab,)
         worst = max(worst, float(np.max(np.abs(got["logits"][0, -1] - expected))))

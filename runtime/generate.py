@@ -291,12 +291,9 @@ class Generator:
             ids[:] = self._next_token[:batch]
             positions[:] = self._next_position[:batch]
             self._mask_rows[:batch, past] = 1
-            mask.shape = (batch, past + 1)
-            if batch == 1:  # the slot already holds this row's first past positions
-                mask_slot[past] = 1
-            else:  # row-major in its slot: rows move as past grows
-                mask_slot[:batch * (past + 1)].reshape(batch, past + 1)[...] = \
-                    self._mask_rows[:batch, :past + 1]
+            mask.shape = (batch, past + 1)  # row-major in its slot: rows move as past grows
+            mask_slot[:batch * (past + 1)].reshape(batch, past + 1)[...] = \
+                self._mask_rows[:batch, :past + 1]
             first = profile is None  # the first step's bindings are checked in full
             if first:
                 profile = self._decode_profile(batch, past, stop)

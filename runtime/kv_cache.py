@@ -140,15 +140,12 @@ class KVCache:
     def make_bindings(self) -> Dict[str, Binding]:
         """One Binding per cache tensor of the graph, moved in place by ``update_bindings``."""
         bindings: Dict[str, Binding] = {}
-        for layer in range(self.layers):
-            for kind in KINDS:
-                bindings[f"past_{kind}_{layer}"] = Binding(self.arena, self.base[(layer, kind)],
-                                                           (0, self.batch, self.kv_dim))
-                bindings[f"new_{kind}_{layer}"] = Binding(self.arena, self.base[(layer, kind)],
-                                                          (1, self.batch, self.kv_dim))
-                if self.windows:
-                    bindings[f"present_{kind}_{layer}"] = Binding(
-                        self.arena, self.base[(layer, kind)], (1, self.batch, self.kv_dim))
+        first_slot = (1, self.batch, self.kv_dim)
+        for base, past_name, new_name, window_name in self._tensors:
+            bindings[past_name] = Binding(self.arena, base, (0, self.batch, self.kv_dim))
+            bindings[new_name] = Binding(self.arena, base, first_slot)
+            if self.windows:
+                bindings[window_name] = Binding(self.arena, base, first_slot)
         return bindings
 
     def update_bindings(self, bindings: Dict[str, Binding], past: int, new: int) -> None:
