@@ -83,7 +83,7 @@ class OrtSession(Session):
         self._io = self._sess.io_binding()
         self._binder = _Binder(self._io, self._device_type)
         # One RunOptions for every run: without it onnxruntime 1.32 makes garbage per call.
-        self._run_options = _run_options()
+        self._run_options = run_options()
         self._bound: Dict[str, Tuple[int, Shape]] = {}  # name -> (address, shape) now bound
         np_types = {name: spec.dtype.type for name, spec in {**inputs, **outputs}.items()}
         self._io_order = ([(n, np_types[n], self._binder.bind_input) for n in inputs]
@@ -244,7 +244,7 @@ def session_options():
     return options
 
 
-def _run_options():
+def run_options():
     import onnxruntime as ort
 
     options = ort.RunOptions()
