@@ -47,17 +47,19 @@ def open_floor_session(onnx_path: str, threads: int):
                            f"{str(exc).strip().splitlines()[0]}") from None
 
 
-def floor_generate(session, layers: int, kv_dim: int, prompt: Sequence[int],
+def floor_generate(session, info, prompt: Sequence[int],
                    n: int) -> Tuple[List[int], Dict[str, np.ndarray]]:
     """``n`` greedy tokens after ``prompt`` (one prefill run, then one run a token), and the
     cache blocks by name (``key_0``, ``value_0``, ...): rows 0..prompt+n-2 hold the keys and
-    values of every position that was run."""
+    values of every position that was run. ``info``: the model's ``runtime.generate.DecoderInfo``.
+    """
     from runtime.ort_backend import _Binder, run_options
 
     if not prompt or n < 1:
         raise ToolkitError(f"the floor loop needs a prompt and 1 or more tokens, got "
                            f"{len(prompt)} prompt tokens and {n}")
-    names = [f"{kind}_{layer}" for layer in range(layers) for kind in ("key", "value")]
+    kv_dim = info.kv_dim
+    names = [f"{kind}_{layer}" for layer in range(info.layers) for kind in ("key", "value")]
     if not {f"present_{name}" for name in names} <= {o.name for o in session.get_outputs()}:
         raise ToolkitError("the floor loop needs a decoder graph with present_* outputs "
                            "(exports since they were added have them); re-export this model")
@@ -71,15 +73,15 @@ def floor_generate(session, layers: int, kv_dim: int, prompt: Sequence[int],
     io = session.io_binding()
     binder, options = _Binder(io, "cpu"), run_options()
 
-    top_k_values = np.zeros((1, _topk(session)), np.float32)  # (1, K) fp32
-    top_k_ids = np.zeros((1, _topk(session)), np.int32)       # (1, K) int32
+    top_k_values = np.zeros((1, info.topk), np.float32)  # (1, K) fp32
+    top_k_ids = np.zeros((1, info.topk), np.int32)       # (1, K) int32
     binder.bind_output("topk_values", np.float32, top_k_values.shape, top_k_values.ctypes.data)
     binder.bind_output("topk_indices", np.int32, top_k_ids.shape, top_k_ids.ctypes.data)
     _prefill(session, io, binder, options, cache, prompt, mask)
     tokens = [int(top_k_ids[0, 0])]
     ids = np.zeros((1, 1), np.int32)        # (1, 1) int32, the token of this step
     positions = np.zeros((1, 1), np.int32)  # (1, 1) int32
-    logits = np.zeros((1, 1, _vocab(session)), np.float32)    # (1, 1, vocab) fp32
+    logits = np.zeros((1, 1, info.vocab_size), np.float32)  # (1, 1, vocab) fp32
     binder.bind_input("input_ids", np.int32, (1, 1), ids.ctypes.data)
     binder.bind_input("position_ids", np.int32, (1, 1), positions.ctypes.data)
     binder.bind_output("logits", np.float32, logits.shape, logits.ctypes.data)
@@ -118,14 +120,6 @@ def _prefill(session, io, binder, options, cache, prompt, mask) -> None:
     session.run_with_iobinding(io, options)
 
 
-def _topk(session) -> int:
-    return int(next(o for o in session.get_outputs() if o.name == "topk_indices").shape[1])
-
-
-def _vocab(session) -> int:
-    return int(next(o for o in session.get_outputs() if o.name == "logits").shape[2])
-
-
 def floor_tokens_per_second(onnx_path: str, prompt: Sequence[int], n: int, requests: int,
                             threads: int) -> List[float]:
     """tokens/s of each of ``requests`` greedy requests, after one short warm-up request."""
@@ -136,11 +130,11 @@ def floor_tokens_per_second(onnx_path: str, prompt: Sequence[int], n: int, reque
         raise ToolkitError(f"{len(prompt)} prompt tokens + {n} exceed {onnx_path}'s context of "
                            f"{info.max_seq_len} positions")
     session = open_floor_session(onnx_path, threads)
-    floor_generate(session, info.layers, info.kv_dim, prompt, 8)
+    floor_generate(session, info, prompt, 8)
     rates = []
     for _ in range(requests):
         start = time.perf_counter()
-        floor_generate(session, info.layers, info.kv_dim, prompt, n)
+        floor_generate(session, info, prompt, n)
         rates.append(n / (time.perf_counter() - start))
     return rates
 

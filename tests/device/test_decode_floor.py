@@ -38,7 +38,7 @@ def test_floor_loop_generates_the_runtimes_greedy_tokens(runtime_decoder, tiny_d
     n = info.max_seq_len - len(ids)  # to the end of the context: every cache position written
     expected = runtime_decoder.generate_ids([ids], n, Sampler()).tokens[0]
     session = open_floor_session(str(tiny_decoder_onnx), threads=1)
-    tokens, cache = floor_generate(session, info.layers, info.kv_dim, ids, n)
+    tokens, cache = floor_generate(session, info, ids, n)
     assert len(expected) == n and tokens == expected
     # The tiny model's tokens repeat, so a cache slot off by one could still give them: the
     # cache must also hold what one run over the whole sequence computes for each position.
@@ -59,10 +59,10 @@ def _one_run(session, ids, layers, kv_dim):
     return dict(zip(names, session.run(names, feeds)))
 
 
-def test_floor_loop_refuses_an_empty_prompt(tiny_decoder_onnx):
+def test_floor_loop_refuses_an_empty_prompt(runtime_decoder, tiny_decoder_onnx):
     session = open_floor_session(str(tiny_decoder_onnx), threads=1)
     with pytest.raises(ToolkitError, match="needs a prompt"):
-        floor_generate(session, 2, 32, [], 5)
+        floor_generate(session, runtime_decoder.info, [], 5)
 
 
 def test_floor_cli_reports_each_request_and_refuses_a_request_past_the_context(
