@@ -34,7 +34,7 @@ DEMO_IMDB_ARGS ?= --epochs 6 --d-model 64 --n-layers 2 --n-heads 4 --d-ff 128 --
 DEMO_STORIES_ARGS ?= --epochs 2 --d-model 128 --n-layers 2 --n-heads 4 --d-ff 256 --max-seq-len 256 --vocab-size 2000 --seq-len 128 --val-stories 100
 
 .PHONY: setup demo train-imdb train-stories validate generate onnx calibrate engine bench test \
-	test-device fixtures gpu-check jetson-setup triton-repo \
+	test-device fixtures gpu-check device-check jetson-setup triton-repo \
 	test-triton triton-server bench-all bench-peers baseline regress export-hf lint clean
 
 setup: $(STAMP)
@@ -58,14 +58,18 @@ validate: setup
 generate: setup
 	$(PY) -m train.generate --checkpoint checkpoints/stories/best.pt --prompt "$(PROMPT)"
 
+# TRT=8.5: a graph TensorRT 8.5 (JetPack 5.1) parses (LayerNorm decomposed); 8.6: LayerNormalization.
+TRT ?= 8.6
 onnx: setup
-	$(PY) -m export.onnx_model --checkpoint checkpoints/$(MODEL)/best.pt --output models/$(MODEL).onnx
+	$(PY) -m export.onnx_model --checkpoint checkpoints/$(MODEL)/best.pt --output models/$(MODEL).onnx \
+		--trt-target $(TRT)
 
 calibrate: setup
 	$(PY) -m calibration.dataset --onnx models/$(MODEL).onnx --data $(MODEL_DATA) \
 		--output calibration/$(MODEL).calib.npz
 	$(PY) -m calibration.qdq --onnx models/$(MODEL).onnx --calib calibration/$(MODEL).calib.npz \
 		--output models/$(MODEL).qdq.onnx
+	$(PY) -m calibration.fp16 --onnx models/$(MODEL).onnx --output models/$(MODEL).fp16.onnx
 	$(PY) -m calibration.gate --fp32 models/$(MODEL).onnx --int8 models/$(MODEL).qdq.onnx \
 		--data $(MODEL_DATA) --split $(SPLIT) --report reports/$(MODEL).int8.json --fp16 \
 		--max-drop $(MAX_DROP)
@@ -73,6 +77,7 @@ calibrate: setup
 engine: setup
 	$(PY) -m engines.build --onnx models/$(MODEL).onnx --precision $(PRECISION) \
 		--output engines/$(MODEL).$(PRECISION).plan \
+		$(if $(filter fp16,$(PRECISION)),--fp16-onnx models/$(MODEL).fp16.onnx) \
 		$(if $(filter int8 best,$(PRECISION)),--qdq-onnx models/$(MODEL).qdq.onnx \
 		--accuracy-report reports/$(MODEL).int8.json --max-drop $(MAX_DROP))
 
@@ -121,10 +126,19 @@ test-device:
 	tests/device/make_venv.sh $(PYTHON) $(DEVICE_VENV) '$(NUMPY)'
 	$(DEVICE_VENV)/bin/python -m pytest -q tests/device
 
-# x86 + NVIDIA GPU + CUDA toolkit: TensorRT wheels, engines of the tiny models, the device
-# suite's trt/gpu tests, results/gpu-check/summary.json. On a Jetson: jetson-setup instead.
+# x86 + NVIDIA GPU + CUDA toolkit: TensorRT wheels in a fresh venv, then device-check in it and
+# the device suite's trt/gpu tests, results/gpu-check/summary.json. On a Jetson: jetson-setup,
+# then device-check.
 gpu-check:
 	bash jetson/gpu_check.sh
+
+# The first-device check, <= 15 minutes: versions, parse check against the table, fp32/fp16/int8
+# engines of the tiny fixtures (and models/), classify/generate/bench against the references,
+# Triton, regress; results/device-check/report.{json,md}. Runs in the device venv (no torch).
+DEVICE_CHECK_PYTHON ?= $(firstword $(wildcard .venv-jetson/bin/python .venv-gpu-check/bin/python) python3)
+DEVICE_CHECK_ARGS ?=
+device-check:
+	$(DEVICE_CHECK_PYTHON) -m benchmarks.device_check $(DEVICE_CHECK_ARGS)
 
 jetson-setup:
 	bash jetson/setup.sh
@@ -137,9 +151,19 @@ triton-server: setup
 	$(PY) -m triton_repo.dev_server
 
 # Every backend on this machine side by side (accuracy, latency, memory, energy on a Jetson).
+# On a fresh clone with DATA=sample it first makes the sample-data demo model (about a minute).
+BASELINES ?= benchmarks/baselines
+SUITE_CHECKPOINT = $$(test -f checkpoints/$(MODEL)/best.pt && echo --checkpoint checkpoints/$(MODEL)/best.pt)
 bench-all: setup
+	@test -f models/$(MODEL).onnx || test -f checkpoints/$(MODEL)/best.pt || \
+		{ test "$(MODEL_DATA)" = sample || { echo "error: no models/$(MODEL).onnx nor checkpoints/$(MODEL)/best.pt: train and export first (make train-$(MODEL) onnx MODEL=$(MODEL)), or DATA=sample for the demo model"; exit 2; }; \
+		echo "models/$(MODEL).onnx does not exist: training the sample-data demo model first"; \
+		$(PY) -m train.$(if $(filter stories,$(MODEL)),tinystories,imdb) --data sample \
+			$(if $(filter stories,$(MODEL)),$(DEMO_STORIES_ARGS),$(DEMO_IMDB_ARGS)); }
+	test -f models/$(MODEL).onnx || { $(MAKE) --no-print-directory onnx MODEL=$(MODEL) && \
+		$(MAKE) --no-print-directory calibrate MODEL=$(MODEL) MAX_DROP=$(DEMO_MAX_DROP); }
 	$(PY) -m benchmarks.suite --model $(MODEL) --data $(MODEL_DATA) --out-dir results/suite \
-		$(if $(wildcard checkpoints/$(MODEL)/best.pt),--checkpoint checkpoints/$(MODEL)/best.pt) $(BENCH_ARGS)
+		$(SUITE_CHECKPOINT) $(BENCH_ARGS)
 # Our runtime against transformers, Optimum and onnxruntime-genai on the same weights; each
 # peer gets its own venv (their transformers pins conflict).
 .venv-optimum/.installed: requirements/peers-optimum.txt
@@ -150,17 +174,20 @@ bench-peers: setup .venv-optimum/.installed .venv-genai/.installed
 	$(PY) -m benchmarks.peers --out-dir results/peers --optimum-python .venv-optimum/bin/python \
 		--genai-python .venv-genai/bin/python $(BENCH_ARGS)
 baseline: setup
-	$(PY) -m benchmarks.baseline --report results/suite/$(MODEL).json
+	$(PY) -m benchmarks.baseline --report results/suite/$(MODEL).json --dir $(BASELINES)
+# The ratio tests, the Jetson test, then MODEL measured now against this machine's baseline
+# (none here: a message saying how to record one, exit 0).
 regress: setup
 	$(PY) -m pytest -q tests/device/test_regress_cpu.py tests/host/test_regress_int8_cpu.py
 	$(PY) -m pytest -q -rs -m jetson tests/device/test_regress_jetson.py
-	$(if $(wildcard results/suite/$(MODEL).json),$(PY) -m benchmarks.regress --report results/suite/$(MODEL).json)
+	$(PY) -m benchmarks.regress --model $(MODEL) --data $(MODEL_DATA) --dir $(BASELINES) \
+		$(SUITE_CHECKPOINT)
 
 # A Hugging Face folder (save_pretrained) through the project's ONNX interface.
 HF_MODEL ?= ../shared/data/hf/all-MiniLM-L6-v2
 HF_NAME ?= minilm
 export-hf: setup
-	$(PY) -m export.hf --model $(HF_MODEL) --output models/$(HF_NAME).onnx
+	$(PY) -m export.hf --model $(HF_MODEL) --output models/$(HF_NAME).onnx --trt-target $(TRT)
 
 # Rewrite the committed tiny models of the device suite (after a change to train/ or export/).
 fixtures: setup

@@ -3,10 +3,12 @@ model and precision, keyed by the device it was measured on.
 
     python -m benchmarks.baseline --report results/suite/imdb.json      # make baseline
 
-The key holds what a latency depends on: model, device (the Jetson module, else the CPU model),
-JetPack, TensorRT version, power mode, precision. A figure is only ever compared with a
-baseline of the same key (``find_baseline``); when none exists the message lists the keys that
-do, so a JetPack upgrade or another power mode never silently compares against the old one.
+The key holds what a latency depends on. On a Jetson: model, module, JetPack, TensorRT version,
+power mode, precision. Elsewhere: model, CPU name, the host fingerprint of
+``benchmarks.host_fingerprint`` (two machines with the same CPU name differ), TensorRT version,
+precision. A figure is only ever compared with a baseline of the same key (``find_baseline``):
+a JetPack upgrade, another power mode or another host never compares against the old one; it
+has no baseline until ``make baseline`` records one there.
 """
 from __future__ import annotations
 
@@ -19,27 +21,46 @@ import click
 from common.errors import ToolkitError, exit_on_toolkit_error
 
 BASELINES = Path(__file__).resolve().parent / "baselines"
-KEY_FIELDS = ("model", "device", "jetpack", "tensorrt", "power_mode", "precision")
+HOW_TO_RECORD = "make bench-all MODEL={model} && make baseline MODEL={model}"
+
+
+def is_jetson(report: Dict[str, Any]) -> bool:
+    device = (report.get("state") or {}).get("device") or {}
+    return bool(device.get("is_jetson") or device.get("module"))
 
 
 def key_fields(report: Dict[str, Any], precision: str) -> Dict[str, str]:
+    """A Jetson: module, JetPack, TensorRT, power mode. Elsewhere: CPU name, host fingerprint
+    (``benchmarks.host_fingerprint``, recorded by the suite), TensorRT."""
     state = report.get("state") or {}
     device = state.get("device") or {}
     env = state.get("environment") or {}
-    power = device.get("power_mode") or {}
+    tensorrt = device.get("tensorrt") or env.get("tensorrt") or "none"
+    if is_jetson(report):
+        power = device.get("power_mode") or {}
+        return {"model": report["model"], "device": device.get("module") or "jetson",
+                "jetpack": device.get("jetpack") or "none", "tensorrt": tensorrt,
+                "power_mode": power.get("name") or "none", "precision": precision}
+    host = (state.get("host") or {}).get("fingerprint")
+    if not host:
+        raise ToolkitError(f"the {report['model']} suite report has no host fingerprint "
+                           "(state.host: measured before baselines were keyed by machine): "
+                           f"rerun {HOW_TO_RECORD.format(model=report['model'])}")
     return {"model": report["model"],
-            "device": device.get("module") or device.get("cpu_model") or env.get("cpu")
-            or "unknown",
-            "jetpack": device.get("jetpack") or "none",
-            "tensorrt": device.get("tensorrt") or env.get("tensorrt") or "none",
-            "power_mode": power.get("name") or "none",
-            "precision": precision}
+            "device": device.get("cpu_model") or env.get("cpu") or "unknown",
+            "host": host, "tensorrt": tensorrt, "precision": precision}
 
 
 def key_of(fields: Dict[str, str]) -> str:
-    """``imdb--amd-epyc--jp-none--trt-none--power-none--fp32``: a file name on any system."""
-    parts = [fields["model"], fields["device"], f"jp-{fields['jetpack']}",
-             f"trt-{fields['tensorrt']}", f"power-{fields['power_mode']}", fields["precision"]]
+    """``imdb--amd-epyc--host-6dae9099c7ab--trt-none--fp32`` (CPU host) or
+    ``imdb--jetson-agx-orin--jp-6.1--trt-10.3--power-maxn--fp16``: a file name on any system."""
+    if "host" in fields:
+        parts = [fields["model"], fields["device"], f"host-{fields['host']}",
+                 f"trt-{fields['tensorrt']}", fields["precision"]]
+    else:
+        parts = [fields["model"], fields["device"], f"jp-{fields['jetpack']}",
+                 f"trt-{fields['tensorrt']}", f"power-{fields['power_mode']}",
+                 fields["precision"]]
     return "--".join(re.sub(r"[^a-z0-9.]+", "-", str(p).lower()).strip("-") for p in parts)
 
 
@@ -73,19 +94,26 @@ def existing_keys(directory: Path = BASELINES) -> List[str]:
 
 
 def find_baseline(report: Dict[str, Any], precision: str,
-                  directory: Path = BASELINES) -> Dict[str, Any]:
-    """The baseline of exactly this key; ToolkitError naming the keys that exist otherwise."""
+                  directory: Path = BASELINES) -> Dict[str, Any] | None:
+    """The baseline of exactly this key (this machine, this precision), None when there is
+    none: a baseline of another host or device is never returned."""
     from common.fileio import read_json
 
-    key = key_of(key_fields(report, precision))
-    path = Path(directory) / f"{key}.json"
-    if not path.is_file():
-        keys = existing_keys(directory)
-        raise ToolkitError(f"no baseline {key!r} in {directory}: "
-                           + (f"the keys that exist are {', '.join(keys)}" if keys else
-                              "there is none yet")
-                           + " (record one on this device: make baseline)")
-    return read_json(path, "baseline")
+    path = Path(directory) / f"{key_of(key_fields(report, precision))}.json"
+    return read_json(path, "baseline") if path.is_file() else None
+
+
+def machine_key(report: Dict[str, Any]) -> str:
+    """The key without its precision: which machine (and software) the report is of."""
+    return key_of(key_fields(report, "any")).rsplit("--", 1)[0]
+
+
+def other_baselines(report: Dict[str, Any], directory: Path = BASELINES) -> List[str]:
+    """Keys of this model's baselines recorded on other hosts / devices (never compared)."""
+    mine = machine_key(report)
+    model = mine.split("--", 1)[0]
+    return [k for k in existing_keys(directory)
+            if k.split("--", 1)[0] == model and k.rsplit("--", 1)[0] != mine]
 
 
 @click.command()

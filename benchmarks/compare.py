@@ -73,6 +73,25 @@ def flatten(report: Dict[str, Any]) -> Dict[str, Figure]:
     return out
 
 
+def figure_rounds(report: Dict[str, Any]) -> Dict[str, list]:
+    """The per-round values of every timed figure (``row["rounds"]``, written by the suite's
+    interleaved rounds), named as ``flatten`` names them."""
+    out: Dict[str, list] = {}
+    for row in report.get("results", []):
+        if row.get("status") == "ran":
+            for name, values in (row.get("rounds") or {}).items():
+                out[f"{row['backend']} | {name}"] = list(values)
+    return out
+
+
+def timed_figures(row: Dict[str, Any]) -> Dict[str, float]:
+    """A row's latency, throughput and energy figures by name without the backend prefix."""
+    prefix = f"{row['backend']} | "
+    return {name[len(prefix):]: fig.value
+            for name, fig in flatten({"results": [{**row, "status": "ran"}]}).items()
+            if fig.kind in ("latency", "throughput", "energy")}
+
+
 def worse_percent(old: Figure, new: Figure) -> float:
     """How much worse ``new`` is, in percent of ``old`` (negative: better)."""
     if old.value == 0:

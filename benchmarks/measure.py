@@ -71,6 +71,23 @@ def per_round_ratios(numerator: Sequence[float], denominator: Sequence[float]) -
     return [a / b for a, b in zip(numerator, denominator) if b > 0]
 
 
+def median_of_rounds(rounds: Sequence[Any]) -> Any:
+    """One structure from the same structure measured in several rounds (dicts by key, lists
+    item by item): a number that differs between rounds becomes its median, anything else
+    (equal numbers such as a batch size, names, None) is the first round's."""
+    first = rounds[0]
+    if isinstance(first, dict):
+        return {k: median_of_rounds([r.get(k) if isinstance(r, dict) else None for r in rounds])
+                for k in first}
+    if isinstance(first, list) and all(isinstance(r, list) and len(r) == len(first)
+                                       for r in rounds):
+        return [median_of_rounds([r[i] for r in rounds]) for i in range(len(first))]
+    numbers = [r for r in rounds if isinstance(r, (int, float)) and not isinstance(r, bool)]
+    if len(numbers) == len(rounds) and any(n != first for n in numbers):
+        return float(np.median(numbers))
+    return first
+
+
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """How many leading tokens two generations share."""
     n = 0

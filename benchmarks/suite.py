@@ -28,6 +28,7 @@ from benchmarks import backends as bk
 from common.errors import ToolkitError, exit_on_toolkit_error
 
 DEFAULT_MAX_SAMPLES = {"classifier": 2000, "decoder": 200}
+DEFAULT_ROUNDS = 5  # interleaved rounds per figure (see benchmarks.regress for the spread)
 FAILED = "failed"
 RAN = "ran"
 
@@ -35,9 +36,10 @@ RAN = "ran"
 def device_state() -> Dict[str, Any]:
     """``jetson.device_state.collect()`` (module, JetPack, power mode, clocks, CPU, versions),
     plus the package versions of runtime/bench.py's environment."""
+    from benchmarks.host_fingerprint import describe
     from runtime.bench import environment
 
-    state: Dict[str, Any] = {"environment": environment()}
+    state: Dict[str, Any] = {"environment": environment(), "host": describe()}
     try:
         from jetson.device_state import collect
     except ImportError as exc:
@@ -74,11 +76,22 @@ def build_context(model: str, models_dir: Path, data: str | None, split: str | N
         iterations=settings["iterations"])
 
 
-def run_rows(rows: Sequence[bk.Backend], ctx, progress: bool = True) -> List[Dict[str, Any]]:
-    """Measure every ready row; a row that cannot run records why (status 'failed: ...')."""
-    from tqdm import tqdm
+def _measure_row(backend: bk.Backend, ctx) -> Dict[str, Any]:
+    if backend.engine == "pytorch":
+        from benchmarks.host_torch import measure_torch_row
 
+        return measure_torch_row(backend, ctx)
     from benchmarks.runners import measure_session_row
+
+    return measure_session_row(backend, ctx)
+
+
+def run_rows(rows: Sequence[bk.Backend], ctx, progress: bool = True, rounds: int = 1,
+             round_spec: Dict[str, Any] | None = None) -> List[Dict[str, Any]]:
+    """Measure every ready row; a row that cannot run records why (status 'failed: ...').
+    With ``rounds`` > 1 the timed figures are medians over interleaved rounds
+    (``repeat_rounds``; ``round_spec``: what a round process needs, see run_suite)."""
+    from tqdm import tqdm
 
     results = []
     bar = tqdm(rows, desc=f"suite {ctx.name}", unit="backend", disable=not progress)
@@ -87,19 +100,72 @@ def run_rows(rows: Sequence[bk.Backend], ctx, progress: bool = True) -> List[Dic
         out = backend.row()
         if backend.ready:
             try:
-                if backend.engine == "pytorch":
-                    from benchmarks.host_torch import measure_torch_row
-
-                    out.update(measure_torch_row(backend, ctx))
-                else:
-                    out.update(measure_session_row(backend, ctx))
+                out.update(_measure_row(backend, ctx))
                 out["status"] = RAN
             except bk.NotAvailable as exc:
                 out.update(status=bk.NOT_AVAILABLE, reason=str(exc))
             except ToolkitError as exc:
                 out.update(status=FAILED, reason=str(exc))
         results.append(out)
+    repeat_rounds(results, rounds, round_spec or {}, progress)
     return results
+
+
+def repeat_rounds(results: List[Dict[str, Any]], rounds: int, spec: Dict[str, Any],
+                  progress: bool = True) -> None:
+    """Rounds 2..``rounds``: every row that ran is timed again, once per round, each round in a
+    fresh process (``benchmarks.suite_round``: a run-long load or the process's placement then
+    shows in the spread) and the first row rotating round by round (backends alternate, never
+    one backend's repeats back to back). Accuracy is measured in the first round only. Each
+    row's latency, per-token and energy figures become the median over the rounds;
+    ``row["rounds"]`` keeps every timed figure's per-round values, from which
+    ``benchmarks.regress`` takes its tolerances."""
+    from tqdm import tqdm
+
+    from benchmarks.compare import timed_figures
+    from benchmarks.measure import median_of_rounds
+
+    ran = {r["backend"]: r for r in results if r.get("status") == RAN}
+    measured = {name: [row] for name, row in ran.items()}
+    live = list(ran)
+    for k in tqdm(range(1, rounds), desc="rounds", unit="round", disable=not progress or not live):
+        shift = k % max(len(live), 1)
+        got = _round_in_process({**spec, "backends": live[shift:] + live[:shift]})
+        for name, error in got["errors"].items():  # keep what was measured; say why it stopped
+            ran[name].setdefault("notes", []).append(f"round {k + 1} failed: {error}")
+            live.remove(name)
+        for name, figures in got["rows"].items():
+            measured[name].append(figures)
+    for name, row in ran.items():
+        per_round = measured[name]
+        figures = [timed_figures({**m, "backend": name}) for m in per_round]
+        row["rounds"] = {fig: [f.get(fig) for f in figures] for fig in figures[0]}
+        for key in ("latency", "per_token", "energy"):
+            if key in row:
+                row[key] = median_of_rounds([m.get(key) for m in per_round])
+
+
+def _round_in_process(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """Run one round with ``python -m benchmarks.suite_round`` (same interpreter and
+    environment, from the project root); ToolkitError with its stderr when it fails."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from common.fileio import atomic_write_json, read_json
+
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="suite-round-") as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        atomic_write_json(spec_path, spec)
+        done = subprocess.run([sys.executable, "-m", "benchmarks.suite_round", str(spec_path),
+                               str(out_path)], cwd=str(root), capture_output=True,
+                              text=True)
+        if done.returncode != 0 or not out_path.is_file():
+            tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+            raise ToolkitError(f"a timing round (python -m benchmarks.suite_round) failed with "
+                               f"exit {done.returncode}: {tail}")
+        return read_json(out_path, "suite round")
 
 
 def run_suite(model: str, models_dir: Path, engines_dir: Path, data: str | None = None,
@@ -108,7 +174,8 @@ def run_suite(model: str, models_dir: Path, engines_dir: Path, data: str | None 
               batch: Sequence[int] = (1, 8), seq: Sequence[int] | None = None,
               new_tokens: int = 32, positions: Sequence[int] | None = None, warmup: int = 3,
               iterations: int = 20, only: Sequence[str] | None = None,
-              use_trtexec: bool = True, progress: bool = True) -> Dict[str, Any]:
+              use_trtexec: bool = True, progress: bool = True,
+              rounds: int = DEFAULT_ROUNDS) -> Dict[str, Any]:
     """Run the suite and return the report (what ``<model>.json`` holds)."""
     from benchmarks.ratios import default_positions
     from benchmarks.trtexec import find_trtexec
@@ -124,15 +191,21 @@ def run_suite(model: str, models_dir: Path, engines_dir: Path, data: str | None 
         longest = axis_range(sidecar, "seq" if sidecar["kind"] == "classifier" else "new")[1]
         seq = sorted({min(64, longest), longest}) if sidecar["kind"] == "classifier" \
             else [min(16, longest)]
+    if rounds < 1:
+        raise ToolkitError(f"rounds={rounds}: expected at least 1")
     settings = {"batch": list(batch), "seq": list(seq), "new_tokens": new_tokens,
-                "warmup": warmup, "iterations": iterations,
+                "warmup": warmup, "iterations": iterations, "rounds": rounds,
                 "positions": list(positions or default_positions(int(sidecar["max_seq_len"])))}
     ctx = build_context(model, models_dir, data, split, max_samples, full, settings)
     state = device_state()
     ctx.is_jetson = bool((state.get("device") or {}).get("is_jetson"))
     ctx.trtexec = find_trtexec() if use_trtexec else None
     rows = bk.discover(model, models_dir, engines_dir, checkpoint, only)
-    results = run_rows(rows, ctx, progress)
+    spec = {"model": model, "models_dir": str(Path(models_dir).resolve()),
+            "engines_dir": str(Path(engines_dir).resolve()), "settings": settings,
+            "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
+            "is_jetson": ctx.is_jetson}
+    results = run_rows(rows, ctx, progress, rounds, spec)
     evaluation = None
     if ctx.eval_data is not None:
         evaluation = {"split": ctx.eval_data.split, "samples": len(ctx.eval_data.rows),
@@ -186,7 +259,9 @@ def _ints(text: str | None, what: str) -> List[int] | None:
 @click.option("--positions", "positions_text", default=None,
               help="decoder: positions of the per-token figures [default: 10,400 or scaled]")
 @click.option("--warmup", default=3, type=int)
-@click.option("--iterations", default=20, type=int)
+@click.option("--iterations", default=20, type=int, help="timed calls per point and round")
+@click.option("--rounds", default=DEFAULT_ROUNDS, type=int,
+              help="interleaved rounds: every row once per round, figures their median")
 @click.option("--backend", "only", multiple=True, help="run only these rows (repeatable)")
 @click.option("--no-trtexec", is_flag=True, help="skip trtexec beside TensorRT rows")
 @click.option("--no-plots", is_flag=True)
@@ -194,7 +269,7 @@ def _ints(text: str | None, what: str) -> List[int] | None:
               default=Path("results/suite"))
 @exit_on_toolkit_error
 def main(model, models_dir, engines_dir, data, split, max_samples, full, checkpoint,
-         batch_text, seq_text, new_tokens, positions_text, warmup, iterations, only,
+         batch_text, seq_text, new_tokens, positions_text, warmup, iterations, rounds, only,
          no_trtexec, no_plots, out_dir) -> None:
     """Run every backend available here on one model; write JSON, Markdown and PNGs."""
     from benchmarks.markdown import markdown_table
@@ -206,7 +281,7 @@ def main(model, models_dir, engines_dir, data, split, max_samples, full, checkpo
     report = run_suite(model, models_dir, engines_dir, data, split, checkpoint, max_samples,
                        full, _ints(batch_text, "--batch"), _ints(seq_text, "--seq"),
                        new_tokens, _ints(positions_text, "--positions"), warmup, iterations,
-                       list(only) or None, not no_trtexec)
+                       list(only) or None, not no_trtexec, rounds=rounds)
     click.echo(markdown_table(report))
     for path in write_outputs(report, out_dir, plots=not no_plots):
         click.echo(f"wrote {path}")

@@ -17,7 +17,12 @@ What TensorRT needs from a Q/DQ graph (DESIGN.md), and how it is obtained here:
   from 99.8% to 98.1% (per-tensor INT8 cannot hold the softmax's small probabilities).
   ``--quantize-attention`` puts them back, for TensorRT's INT8 attention kernels when the
   gate allows it;
-- no INT32 bias DequantizeLinear (TensorRT does not take one): ``QuantizeBias`` off.
+- no INT32 bias DequantizeLinear (TensorRT does not take one): ``QuantizeBias`` off;
+- the nodes of normalizations written as elementwise ops (the TensorRT 8.5 export's decomposed
+  LayerNorm, Llama's RMSNorm; ``export.norm_graph``) are excluded by name, whatever the op
+  types quantized, and the sidecar keeps their ``keep_fp32`` list (found again in the Q/DQ
+  graph) and the FP32 graph's ``tensorrt_target``, with the Q/DQ graph's own
+  ``tensorrt_parse``.
 The result is checked against these rules before it is written (``check_qdq_for_tensorrt``).
 
 Host-only: onnx and onnxruntime are imported inside the functions; never torch.
@@ -117,7 +122,10 @@ def quantize_to_qdq(
     with tempfile.TemporaryDirectory(prefix="qdq-") as tmp:
         prepared = preprocess(onnx_path, Path(tmp) / "prepared.onnx")
         quantized = Path(tmp) / "quantized.onnx"
-        excluded = [] if quantize_attention else attention_matmuls(load_onnx(prepared))
+        prepared_model = load_onnx(prepared)
+        attention = [] if quantize_attention else attention_matmuls(prepared_model)
+        norms = normalization_nodes(prepared_model, sidecar, onnx_path)
+        excluded = attention + norms
         run_quantize_static(prepared, quantized, calib, method, excluded)
         fallback = None
         if float_fallback:
@@ -128,12 +136,14 @@ def quantize_to_qdq(
         model = drop_unused_opset_imports(load_onnx(quantized))
     protected = [t["name"] for t in sidecar["outputs"]]
     summary = check_qdq_for_tensorrt(model, protected_outputs=protected)
-    summary["float_attention_matmuls"] = len(excluded)
+    summary["float_attention_matmuls"] = len(attention)
+    summary["float_normalization_nodes"] = len(norms)
     if fallback is not None:
         summary["float_fallback"] = fallback
     with atomic_path(output) as tmp_out:
         onnx.save(model, str(tmp_out))
-    write_qdq_sidecar(onnx_path, calib_path, output, sidecar, method, summary)
+    write_qdq_sidecar(onnx_path, calib_path, output, sidecar, method, summary,
+                      qdq_keep_fp32(model, sidecar, output))
     return summary
 
 
@@ -176,6 +186,26 @@ def attention_matmuls(model) -> List[str]:
     constants |= {out for n in model.graph.node if n.op_type == "Constant" for out in n.output}
     return [n.name for n in model.graph.node
             if n.op_type == "MatMul" and not any(i in constants for i in n.input)]
+
+
+def normalization_nodes(model, sidecar: Dict[str, Any], onnx_path) -> List[str]:
+    """Names of the nodes of every elementwise normalization (``export.norm_graph``), to be
+    excluded from quantization: they stay float and the engine build keeps them FP32.
+    Refuses a graph where ORT's pre-processing lost one the export recorded."""
+    from export.norm_graph import check_patterns_kept, find_normalizations
+
+    norms = find_normalizations(model.graph)
+    check_patterns_kept(norms, sidecar, f"{onnx_path} after quant_pre_process")
+    return [name for norm in norms for name in norm["nodes"]]
+
+
+def qdq_keep_fp32(model, sidecar: Dict[str, Any], where) -> Dict[str, Any]:
+    """``keep_fp32`` found again in the Q/DQ graph (its tensor names are the ones the engine
+    build sees when it parses this file), the same patterns as the FP32 graph's."""
+    from export.norm_graph import check_patterns_kept, find_normalizations, keep_fp32_record
+
+    check_patterns_kept(find_normalizations(model.graph), sidecar, where)
+    return keep_fp32_record(model.graph)
 
 
 def run_quantize_static(prepared: Path, quantized: Path, calib: CalibrationSet, method: str,
@@ -293,11 +323,18 @@ def _check_dequantize(node, initializers, consumers, problems: List[str], counts
 
 
 def write_qdq_sidecar(onnx_path, calib_path, output, sidecar: Dict[str, Any], method: str,
-                      summary: Dict[str, Any]) -> Path:
-    """The FP32 sidecar, re-pointed at the Q/DQ graph, with how the INT8 scales were made."""
+                      summary: Dict[str, Any], keep_fp32: Dict[str, Any]) -> Path:
+    """The FP32 sidecar, re-pointed at the Q/DQ graph, with how the INT8 scales were made.
+
+    ``tensorrt_target`` stays the FP32 graph's (when it has one); ``keep_fp32`` and
+    ``tensorrt_parse`` are the Q/DQ graph's own."""
+    from common.trt_onnx import parse_report
+
     data = dict(sidecar)
     data.update(
         precision=PRECISION,
+        keep_fp32=keep_fp32,
+        tensorrt_parse=parse_report(output),
         onnx_sha256=sha256_file(output),
         quantization={
             "tool": "onnxruntime.quantization.quantize_static",

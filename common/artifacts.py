@@ -27,6 +27,10 @@ KIND_KEYS = {
     "classifier": ("labels",),
     "decoder": ("topk", "kv_cache"),
 }
+# Keys added with the TensorRT 8.5 export (issue 21). Optional, so sidecars written before them
+# still load; a reader treats a missing one as: target 8.6 (LayerNormalization), nothing kept
+# FP32, no parse verdicts recorded.
+TENSORRT_TARGETS = {"8.5": "decomposed", "8.6": "LayerNormalization"}  # min_tensorrt -> layernorm
 KIND_AXES = {
     "classifier": ("batch", "seq"),
     "decoder": ("batch", "new", "past", "total"),
@@ -127,6 +131,7 @@ def validate_onnx_sidecar(data: Any, path: str | os.PathLike) -> None:
         raise ToolkitError(f"ONNX sidecar {path}: missing keys {missing}")
     _validate_tensors(data, path)
     _validate_axes(data, path, KIND_AXES[kind])
+    _validate_tensorrt_keys(data, path)
     if kind == "decoder":
         cache = data["kv_cache"]
         missing = [k for k in ("layers", "kv_dim", "layout", "dtype") if k not in cache]
@@ -147,6 +152,29 @@ def _validate_tensors(data: Dict[str, Any], path) -> None:
         for t in tensors:
             if not isinstance(t, dict) or not {"name", "dtype", "shape"} <= set(t):
                 raise ToolkitError(f"ONNX sidecar {path}: each of {key} needs name, dtype, shape")
+
+
+def _validate_tensorrt_keys(data: Dict[str, Any], path) -> None:
+    """``tensorrt_target``, ``keep_fp32`` and ``tensorrt_parse``, when present."""
+    target = data.get("tensorrt_target")
+    if target is not None:
+        if not isinstance(target, dict) or \
+                TENSORRT_TARGETS.get(target.get("min_tensorrt")) != target.get("layernorm"):
+            raise ToolkitError(
+                f"ONNX sidecar {path}: tensorrt_target {target!r}, expected one of "
+                + ", ".join(f"{{'min_tensorrt': '{v}', 'layernorm': '{ln}'}}"
+                            for v, ln in TENSORRT_TARGETS.items()))
+    keep = data.get("keep_fp32")
+    if keep is not None:
+        tensors = keep.get("tensors") if isinstance(keep, dict) else None
+        if not (isinstance(tensors, list) and all(isinstance(t, str) for t in tensors)):
+            raise ToolkitError(f"ONNX sidecar {path}: keep_fp32 must be an object whose "
+                               "'tensors' is a list of tensor names")
+    parse = data.get("tensorrt_parse")
+    if parse is not None and not (isinstance(parse, dict)
+                                  and isinstance(parse.get("verdicts"), dict)):
+        raise ToolkitError(f"ONNX sidecar {path}: tensorrt_parse must be an object with "
+                           "'verdicts' per TensorRT version (common.trt_onnx.parse_report)")
 
 
 def _validate_axes(data: Dict[str, Any], path, required: Tuple[str, ...]) -> None:

@@ -8,8 +8,12 @@ engines/profiles.py), refuses what cannot work before the build starts, writes t
 atomically and records in ``<plan>.json`` everything the runtime needs to trust it
 (engines/manifest.py). Without TensorRT the CLI says in one line what is missing and which
 inputs are ready (exit code 2), so ``make engine`` on the host explains itself. A failing build
-(Polygraphy raising, the builder returning no engine, a Polygraphy older than 0.49.26 on
+(Polygraphy raising, the builder returning no engine, a Polygraphy older than 0.50.3 on
 TensorRT 11, a TensorRT binding raising) is one line too (``call_build_step``).
+
+Order inside ``build_engine``: the TensorRT version, then ``engines.build_inputs.prepare_build``
+(precision plan, the graph to parse -- FP32, Q/DQ or, on TensorRT 11, FP16 ONNX -- and the
+TensorRT parse check of that graph), and only then Polygraphy, DLA and the build itself.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import sys
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 if __package__ in (None, ""):  # run as a script: python engines/build.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,6 +34,16 @@ from common.artifacts import load_onnx_sidecar, tokenizer_path
 from common.errors import ToolkitError, exit_on_toolkit_error
 from common.fileio import atomic_write_bytes, read_json, sha256_file
 from engines import trt_info
+from engines.build_inputs import (
+    BuildInputs,
+    default_fp16_onnx,
+    keep_fp32_record,
+    keep_fp32_warning,
+    model_name,
+    network_record,
+    prepare_build,
+    tensorrt_target_record,
+)
 from engines.build_steps import (
     build_serialized,
     check_polygraphy,
@@ -49,7 +63,6 @@ from engines.builder_config import (
     check_dla,
     check_opt_level,
     make_config_loader,
-    plan_precision,
 )
 from engines.manifest import load_manifest, write_manifest
 from engines.profiles import (
@@ -61,17 +74,12 @@ from engines.profiles import (
 )
 
 
-def model_name(onnx_path: str | os.PathLike) -> str:
-    """``models/imdb.onnx`` -> ``imdb``."""
-    name = Path(onnx_path).name
-    return name[: -len(".onnx")] if name.endswith(".onnx") else Path(name).stem
-
-
 def default_artifacts(onnx_path: str | os.PathLike) -> Dict[str, Path]:
-    """Where the other INT8 inputs of ``models/<name>.onnx`` live (CONTRIBUTING.md table)."""
+    """Where the other inputs of ``models/<name>.onnx`` live (CONTRIBUTING.md table)."""
     onnx_path = Path(onnx_path)
     name = model_name(onnx_path)
     return {"qdq_onnx": onnx_path.with_name(f"{name}.qdq.onnx"),
+            "fp16_onnx": default_fp16_onnx(onnx_path),
             "calib": Path("calibration") / f"{name}.calib.npz",
             "calib_cache": Path("calibration") / f"{name}.calib.cache"}
 
@@ -129,30 +137,38 @@ def build_engine(
     profiles: List[ProfileSpec] | None = None,
     *,
     qdq_onnx: str | os.PathLike | None = None,
+    fp16_onnx: str | os.PathLike | None = None,
     calib_npz: str | os.PathLike | None = None,
     calib_cache: str | os.PathLike | None = None,
     accuracy_gate: Dict[str, Any] | None = None,
+    notes: Callable[[str], None] | None = None,
 ) -> Dict[str, Any]:
     """Build ``plan_path`` from ``onnx_path`` and write ``<plan>.json``; returns the manifest.
 
     profiles: default from the sidecar (engines.profiles.build_profiles). qdq_onnx: the Q/DQ
-    graph for ``int8_source="qdq"``; calib_npz/calib_cache: the calibration set and the cache
-    (reused when present, written atomically after the build) for ``"calibrate"``.
+    graph for ``int8_source="qdq"``; fp16_onnx: the FP16 graph TensorRT 11 builds fp16 from
+    (default ``<name>.fp16.onnx`` beside ``onnx_path``); calib_npz/calib_cache: the calibration
+    set and the cache (reused when present, written atomically after the build) for
+    ``"calibrate"``. notes: gets the parse check's line and other one-line notes (the CLI
+    prints them).
     """
     options = options or BuildOptions()
+    notes = notes or (lambda line: None)
     version = require_tensorrt()
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
-    sidecar = load_onnx_sidecar(onnx_path, check_hash=True)
+    # First, before anything is loaded or built: which graph is parsed, and does it parse here.
+    inputs = prepare_build(onnx_path, options, version, qdq_onnx=qdq_onnx, fp16_onnx=fp16_onnx)
+    notes(inputs.parse_note)
+    sidecar, plan = inputs.sidecar, inputs.plan
     profiles = profiles or build_profiles(sidecar)
-    plan = plan_precision(options, version)
     check_opt_level(options.opt_level, version)
     check_polygraphy(polygraphy_version(), version)
     if options.dla_core is not None:
         jetson = trt_info.jetson_info() or {}
         check_dla(options, profiles, version, num_dla_cores(), jetson.get("module"),
                   jetson.get("jetpack"))
-    source = _network_source(onnx_path, sidecar, plan, qdq_onnx)
     calibration = _calibration_inputs(sidecar, plan, profiles, calib_npz, calib_cache)
+    pinned: Dict[str, Any] = {}
 
     with contextlib.ExitStack() as stack:
         timing_tmp = staged_copy(stack, options.timing_cache)
@@ -163,22 +179,28 @@ def build_engine(
         reuse = options.timing_cache and Path(options.timing_cache).is_file()
         staged = replace(options, timing_cache=str(timing_tmp) if reuse else None)
         config = make_config_loader(staged, plan, profiles, calibrator,
-                                    calibration.get("profile_index"))
+                                    calibration.get("profile_index"),
+                                    obey_precision=inputs.pins_fp32)
         engine_bytes, seconds = build_serialized(
-            source, plan, config, timing_tmp, plan_path, options.verbose,
-            drop_outputs=window_outputs(sidecar["outputs"]))
+            inputs.source, plan, config, timing_tmp, plan_path, options.verbose,
+            drop_outputs=window_outputs(sidecar["outputs"]),
+            keep_fp32=inputs.keep_fp32 if inputs.pins_fp32 else (), keep_fp32_record=pinned)
         atomic_write_bytes(plan_path, engine_bytes)
+    keep = keep_fp32_record(inputs, pinned)
+    warning = keep_fp32_warning(keep)
+    if warning:
+        notes(warning)
     write_manifest(plan_path, _manifest_record(
-        onnx_path, plan_path, sidecar, version, options, plan, profiles, source, calibration,
-        engine_bytes, seconds, accuracy_gate))
+        onnx_path, plan_path, inputs, version, options, profiles, calibration,
+        engine_bytes, seconds, accuracy_gate, keep))
     return load_manifest(plan_path)
 
 
-def _manifest_record(onnx_path: Path, plan_path: Path, sidecar, version: str,
-                     options: BuildOptions, plan: PrecisionPlan, profiles, source: Path,
-                     calibration: Dict, engine_bytes: bytes, seconds: float,
-                     accuracy_gate) -> Dict[str, Any]:
+def _manifest_record(onnx_path: Path, plan_path: Path, inputs: BuildInputs, version: str,
+                     options: BuildOptions, profiles, calibration: Dict, engine_bytes: bytes,
+                     seconds: float, accuracy_gate, keep_fp32: Dict) -> Dict[str, Any]:
     """Everything engines/manifest.py stores beside the plan (it adds the plan's own hash)."""
+    sidecar, plan, source = inputs.sidecar, inputs.plan, inputs.source
     return {
         "kind": sidecar["kind"],
         "tensorrt_version": version,
@@ -190,6 +212,10 @@ def _manifest_record(onnx_path: Path, plan_path: Path, sidecar, version: str,
                            "summary": f"{plan.describe()}, TF32 {'on' if options.tf32 else 'off'}"},
         "tf32": bool(options.tf32),
         "int8": _int8_record(plan, source, calibration),
+        "network": network_record(inputs, version),
+        "tensorrt_target": tensorrt_target_record(sidecar),
+        "parse_check": inputs.parse_note,
+        "keep_fp32": keep_fp32,
         "profiles": [p.to_json() for p in profiles],
         "inputs": sidecar["inputs"],
         "outputs": engine_outputs(sidecar["outputs"]),
@@ -204,22 +230,6 @@ def _manifest_record(onnx_path: Path, plan_path: Path, sidecar, version: str,
         "polygraphy_version": polygraphy_version(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-
-
-def _network_source(onnx_path: Path, sidecar, plan: PrecisionPlan, qdq_onnx) -> Path:
-    if not plan.use_qdq_onnx:
-        return onnx_path
-    if qdq_onnx is None or not Path(qdq_onnx).is_file():
-        raise ToolkitError(f"Q/DQ ONNX not found: {qdq_onnx}; make it with python -m "
-                           "calibration.qdq, or use --int8-source calibrate")
-    qdq_sidecar = load_onnx_sidecar(qdq_onnx)
-    if qdq_sidecar.get("precision", "int8-qdq") != "int8-qdq":
-        raise ToolkitError(f"{qdq_onnx}: sidecar precision {qdq_sidecar['precision']!r}, "
-                           "expected 'int8-qdq'")
-    if [t["name"] for t in qdq_sidecar["inputs"]] != [t["name"] for t in sidecar["inputs"]]:
-        raise ToolkitError(f"{qdq_onnx} has other inputs than {onnx_path}: rebuild the Q/DQ "
-                           "model from this ONNX")
-    return Path(qdq_onnx)
 
 
 def _calibration_inputs(sidecar, plan: PrecisionPlan, profiles, calib_npz, calib_cache) -> Dict:
@@ -294,6 +304,9 @@ def _profiles_for_cli(onnx_path: Path, batch, seq, profile) -> List[ProfileSpec]
               help="qdq = the Q/DQ ONNX (TensorRT 8.5..11); calibrate = calibrator (8.5..10.x)")
 @click.option("--qdq-onnx", type=click.Path(path_type=Path),
               help="[default: models/<name>.qdq.onnx beside --onnx]")
+@click.option("--fp16-onnx", type=click.Path(path_type=Path),
+              help="FP16 graph (python -m calibration.fp16) that TensorRT 11 builds fp16 from "
+                   "[default: models/<name>.fp16.onnx beside --onnx]")
 @click.option("--calib", type=click.Path(path_type=Path),
               help="[default: calibration/<name>.calib.npz]")
 @click.option("--calib-cache", type=click.Path(path_type=Path),
@@ -310,7 +323,7 @@ def _profiles_for_cli(onnx_path: Path, batch, seq, profile) -> List[ProfileSpec]
 def main(onnx_path: Path, precision: str, output: Path | None, profile: Sequence[str],
          batch: str | None, seq: str | None, workspace_mib: int | None,
          opt_level: int | None, timing_cache: Path | None, dla_core: int | None,
-         int8_source: str, qdq_onnx: Path | None, calib: Path | None,
+         int8_source: str, qdq_onnx: Path | None, fp16_onnx: Path | None, calib: Path | None,
          calib_cache: Path | None, accuracy_report: Path | None, max_drop: float,
          tf32: bool, verbose: bool) -> None:
     """Build a TensorRT engine (Polygraphy) and its manifest <plan>.json."""
@@ -320,6 +333,8 @@ def main(onnx_path: Path, precision: str, output: Path | None, profile: Sequence
     paths = {"onnx": onnx_path, "qdq_onnx": qdq_onnx or defaults["qdq_onnx"],
              "calib": calib or defaults["calib"],
              "calib_cache": calib_cache or defaults["calib_cache"]}
+    fp16_path = fp16_onnx or defaults["fp16_onnx"]
+    ready_check = dict(paths, fp16_onnx=fp16_path) if options.precision == "fp16" else paths
     output = output or Path("engines") / f"{model_name(onnx_path)}.{precision}.plan"
     gate = None
     if options.uses_int8:
@@ -329,17 +344,19 @@ def main(onnx_path: Path, precision: str, output: Path | None, profile: Sequence
                    err=True)
     profiles = _profiles_for_cli(onnx_path, batch, seq, profile)
     if trt_info.tensorrt_version() is None:
-        raise ToolkitError(tensorrt_missing_message(paths))
+        raise ToolkitError(tensorrt_missing_message(ready_check))
     if gate is not None and gate["status"] == "missing":
         click.echo(f"note: accuracy report {accuracy_report} not found: INT8 accuracy is "
                    "unchecked (python -m calibration.gate writes it)", err=True)
     manifest = build_engine(onnx_path, output, options, profiles, qdq_onnx=paths["qdq_onnx"],
-                            calib_npz=paths["calib"], calib_cache=paths["calib_cache"],
-                            accuracy_gate=gate)
+                            fp16_onnx=fp16_path, calib_npz=paths["calib"],
+                            calib_cache=paths["calib_cache"], accuracy_gate=gate,
+                            notes=lambda line: click.echo(line, err=True))
     gpu = manifest["gpu"]
     click.echo(f"wrote {output} ({manifest['plan_bytes'] / 2**20:.1f} MiB, TensorRT "
                f"{manifest['tensorrt_version']}, {gpu['name']} ({gpu['compute_capability']}), "
                f"{precision}: {manifest['precision_plan']['summary']}, "
+               f"{manifest['network']['mode']} from {manifest['network']['file']}, "
                f"{manifest['build_seconds']:.1f} s) and {output}.json")
 
 

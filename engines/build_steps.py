@@ -16,14 +16,14 @@ from typing import Any, Dict, List, Sequence, Tuple
 from common.errors import ToolkitError
 from common.fileio import atomic_path
 from engines import trt_info
-from engines.builder_config import PrecisionPlan
+from engines.builder_config import PrecisionPlan, select_fp32_layers
 
 TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT64": "int64",
               "INT8": "int8", "UINT8": "uint8", "BOOL": "bool", "BF16": "bfloat16"}
 
 
 def check_polygraphy(polygraphy_version: str, trt_version: str) -> None:
-    """Refuse a Polygraphy too old for this TensorRT (0.49.26+ for TensorRT 11) before building."""
+    """Refuse a Polygraphy too old for this TensorRT (0.50.3+ for TensorRT 11) before building."""
     problem = trt_info.polygraphy_problem(polygraphy_version, trt_version)
     if problem:
         raise ToolkitError(problem)
@@ -81,13 +81,42 @@ def window_outputs(outputs: Sequence[Dict[str, Any]]) -> List[str]:
     return [t["name"] for t in outputs if t["name"].startswith(WINDOW_OUTPUT_PREFIX)]
 
 
+def pin_fp32_layers(keep_fp32: Sequence[str], record: Dict[str, Any]):
+    """A Polygraphy network postprocess (``PostprocessNetwork``'s ``func(network=...)``) that
+    pins the layers producing the ``keep_fp32`` tensors to FP32: ``layer.precision`` and
+    ``set_output_type`` of the named outputs (TensorRT 8.5..10.x; 11 has neither). It fills
+    ``record`` with what the manifest reports: tensors listed and matched, layers pinned and
+    the names found in no layer."""
+
+    def pin_fp32(network) -> None:
+        import tensorrt as trt
+
+        layers = [network.get_layer(i) for i in range(network.num_layers)]
+        described = [(layer.name, [layer.get_output(j).name for j in range(layer.num_outputs)])
+                     for layer in layers]
+        chosen = select_fp32_layers(described, keep_fp32)
+        for index, outputs in chosen["layers"].items():
+            layers[index].precision = trt.float32
+            for j in outputs:
+                layers[index].set_output_type(j, trt.float32)
+        record.update(listed=len(set(keep_fp32)), matched=len(chosen["matched"]),
+                      layers=len(chosen["layers"]), unmatched=chosen["unmatched"])
+
+    return pin_fp32
+
+
 def build_serialized(source: Path, plan: PrecisionPlan, config, timing_tmp, plan_path: Path,
-                      verbose: bool, drop_outputs: Sequence[str] = ()) -> Tuple[bytes, float]:
-    """The serialized engine and its build seconds; ``drop_outputs`` are unmarked after parsing."""
+                     verbose: bool, drop_outputs: Sequence[str] = (),
+                     keep_fp32: Sequence[str] = (),
+                     keep_fp32_record: Dict[str, Any] | None = None) -> Tuple[bytes, float]:
+    """The serialized engine and its build seconds; ``drop_outputs`` are unmarked after parsing,
+    and, in flag-based FP16/INT8 builds, the ``keep_fp32`` tensors' layers are pinned to FP32
+    (``pin_fp32_layers``; ``keep_fp32_record`` receives the counts)."""
     from polygraphy.backend.trt import (
         EngineBytesFromNetwork,
         ModifyNetworkOutputs,
         NetworkFromOnnxPath,
+        PostprocessNetwork,
     )
     from polygraphy.logger import G_LOGGER
 
@@ -95,6 +124,9 @@ def build_serialized(source: Path, plan: PrecisionPlan, config, timing_tmp, plan
     network = NetworkFromOnnxPath(str(source), **network_kwargs)
     if drop_outputs:
         network = ModifyNetworkOutputs(network, exclude_outputs=list(drop_outputs))
+    if keep_fp32 and plan.lowers_precision_by_flags:
+        network = PostprocessNetwork(network, pin_fp32_layers(
+            keep_fp32, keep_fp32_record if keep_fp32_record is not None else {}), "keep_fp32")
     build = EngineBytesFromNetwork(network, config=config,
                                    save_timing_cache=str(timing_tmp) if timing_tmp else None)
     severity = G_LOGGER.EXTRA_VERBOSE if verbose else G_LOGGER.INFO
@@ -121,7 +153,8 @@ def call_build_step(what: str, polygraphy_version: str | None, step):
     - ``PolygraphyException``: Polygraphy's own report (a parser error, a failed build: its
       ``G_LOGGER.critical`` raises it), first line kept.
     - ``AttributeError``: a Polygraphy that uses an API this TensorRT removed (0.49.0/0.49.9 read
-      ``config.int8_calibrator`` on TensorRT 11); named with the Polygraphy version.
+      ``config.int8_calibrator``, 0.49.26 ``layer.precision_is_set`` on TensorRT 11); named with
+      the Polygraphy version and the floor (trt_info.POLYGRAPHY_FLOOR).
     - ``RuntimeError``/``TypeError``/``ValueError``: what the TensorRT bindings raise (a
       ``PY_ASSERT_RUNTIME_ERROR``, a factory that returned nullptr, a bad argument).
     A ``ToolkitError`` (our own postprocess step) passes through unchanged.
@@ -136,9 +169,10 @@ def call_build_step(what: str, polygraphy_version: str | None, step):
         raise ToolkitError(f"TensorRT could not {what}: {first_line(exc)}{RERUN_HINT}") from None
     except AttributeError as exc:
         version = f"Polygraphy {polygraphy_version}" if polygraphy_version else "Polygraphy"
+        floor = ".".join(map(str, trt_info.POLYGRAPHY_FLOOR))
         raise ToolkitError(
             f"could not {what}: {version} and this TensorRT disagree on the API "
-            f"({first_line(exc)}); pip install 'polygraphy>=0.49.26'") from None
+            f"({first_line(exc)}); pip install 'polygraphy>={floor}'") from None
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ToolkitError(f"TensorRT could not {what}: {first_line(exc)}{RERUN_HINT}") from None
 

@@ -4,17 +4,28 @@ source, DLA, optimization level, workspace and timing cache, as Polygraphy loade
 The decisions are plain functions of the options and the TensorRT version string, so they are
 tested without TensorRT:
 
-| precision, INT8 source | TRT 8.5 / 8.6         | TRT 10.x                       | TRT 11         |
-|------------------------|-----------------------|--------------------------------|----------------|
-| fp32                   | no flags              | no flags                       | no flags       |
-| fp16                   | FP16 flag             | FP16 flag                      | refused        |
-| int8, qdq              | INT8 flag + Q/DQ ONNX | strongly typed Q/DQ ONNX       | same as 10.x   |
-| int8, calibrate        | INT8 flag, calibrator | INT8 flag, calibrator          | refused        |
-| best (fp16 + int8)     | FP16 + INT8 flags     | FP16 + INT8 flags, weak typing | refused        |
+| precision, INT8 source | TRT 8.5 / 8.6         | TRT 10.x                  | TRT 11              |
+|------------------------|-----------------------|---------------------------|---------------------|
+| fp32                   | no flags              | no flags                  | strongly typed      |
+| fp16                   | FP16 flag             | FP16 flag                 | strongly typed FP16 |
+|                        |                       |                           | ONNX (--fp16-onnx)  |
+| int8, qdq              | INT8 flag + Q/DQ ONNX | strongly typed Q/DQ ONNX  | same as 10.x        |
+| int8, calibrate        | INT8 flag, calibrator | INT8 flag, calibrator     | refused             |
+| best (fp16 + int8)     | FP16 + INT8 flags     | FP16 + INT8 flags (weak)  | refused             |
 
 TensorRT 11 has no precision flags and no calibrators, and every network is strongly typed,
-fp32 included (the plan says so, and so does the manifest). ``best`` on 10.x stays weakly typed
-so the layers without Q/DQ may still run in FP16.
+fp32 included (the plan says so, and so does the manifest): the types come from the graph, so
+fp16 is built from the FP16 ONNX that ``python -m calibration.fp16`` writes (what must stay FP32
+is FP32 in that graph), int8 from the Q/DQ ONNX, and ``best`` (FP16 where INT8 has no Q/DQ) has
+no meaning left. ``best`` on 10.x stays weakly typed so the layers without Q/DQ may still run in
+FP16.
+
+keep_fp32: in the flag-based builds that lower precision (FP16 or INT8 flag), the layers whose
+output tensors the sidecar lists under ``keep_fp32.tensors`` (the normalization of graphs
+exported for TensorRT 8.5) are pinned to FP32 (``layer.precision``, ``set_output_type``) and
+CreateConfig gets ``precision_constraints="obey"``; ``select_fp32_layers`` decides which layers,
+from (layer name, output names) pairs, so it is tested without TensorRT. Strongly typed builds
+skip it: the graph's own types decide there.
 
 TF32: on by default, as in TensorRT's own builder and trtexec (the figures users compare
 against). Polygraphy's ``CreateConfig`` defaults to ``tf32=False`` and then *clears* the flag, so
@@ -29,7 +40,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 from common.errors import ToolkitError
 from engines import trt_info
@@ -74,6 +85,17 @@ class PrecisionPlan:
     strongly_typed: bool
     use_qdq_onnx: bool  # parse the Q/DQ ONNX instead of the FP32 one
     calibrate: bool  # implicit INT8: a calibrator feeds the calibration set
+    use_fp16_onnx: bool = False  # parse the FP16 ONNX (TensorRT 11's fp16)
+
+    @property
+    def network_mode(self) -> str:
+        """``"strongly-typed"`` or ``"flags"`` (the manifest's network.mode)."""
+        return "strongly-typed" if self.strongly_typed else "flags"
+
+    @property
+    def lowers_precision_by_flags(self) -> bool:
+        """FP16/INT8 chosen by builder flags: where keep_fp32 pins layers to FP32."""
+        return not self.strongly_typed and (self.fp16_flag or self.int8_flag)
 
     def describe(self) -> str:
         flags = [f for f, on in (("FP16", self.fp16_flag), ("INT8", self.int8_flag)) if on]
@@ -82,6 +104,8 @@ class PrecisionPlan:
             parts.append("strongly typed")
         if self.use_qdq_onnx:
             parts.append("Q/DQ ONNX")
+        if self.use_fp16_onnx:
+            parts.append("FP16 ONNX")
         if self.calibrate:
             parts.append("INT8 calibration")
         return ", ".join(parts)
@@ -105,22 +129,55 @@ def check_options(options: BuildOptions) -> None:
 def plan_precision(options: BuildOptions, trt_version: str) -> PrecisionPlan:
     """Flags, typing and INT8 source for ``options`` on ``trt_version`` (see the module table)."""
     check_options(options)
-    if options.uses_fp16 and not trt_info.has_precision_flags(trt_version):
+    if trt_info.has_precision_flags(trt_version):
+        return _plan_with_flags(options, trt_version)
+    # TensorRT 11: strongly typed only, the network file decides the precision
+    if options.precision == "best":
         raise ToolkitError(
-            f"--precision {options.precision}: TensorRT {trt_version} has no FP16 builder flag "
-            "(networks are always strongly typed); build fp32, or int8 from the Q/DQ ONNX")
-    always_typed = not trt_info.has_precision_flags(trt_version)  # TensorRT 11
+            f"--precision best: TensorRT {trt_version} has no FP16/INT8 builder flags to mix "
+            "precisions (networks are always strongly typed); build int8 from the Q/DQ ONNX, "
+            "or fp16 from the FP16 ONNX")
+    if options.precision == "fp16":
+        return PrecisionPlan(False, False, True, False, False, use_fp16_onnx=True)
+    if options.uses_int8 and options.int8_source == "calibrate":
+        raise ToolkitError(
+            f"--int8-source calibrate: TensorRT {trt_version} removed implicit INT8 "
+            "calibration; use --int8-source qdq with the Q/DQ ONNX from calibration.qdq")
+    return PrecisionPlan(False, False, True, options.uses_int8, False)
+
+
+def _plan_with_flags(options: BuildOptions, trt_version: str) -> PrecisionPlan:
+    """TensorRT 8.5 .. 10.x: FP16/INT8 flags; Q/DQ graphs strongly typed from 10 on."""
     if not options.uses_int8:
-        return PrecisionPlan(options.uses_fp16, False, always_typed, False, False)
+        return PrecisionPlan(options.uses_fp16, False, False, False, False)
     if options.int8_source == "calibrate":
-        if not trt_info.has_implicit_int8(trt_version):
-            raise ToolkitError(
-                f"--int8-source calibrate: TensorRT {trt_version} removed implicit INT8 "
-                "calibration; use --int8-source qdq with the Q/DQ ONNX from calibration.qdq")
         return PrecisionPlan(options.uses_fp16, True, False, False, True)
-    strongly_typed = always_typed or (trt_info.has_strongly_typed(trt_version)
-                                      and not options.uses_fp16)
+    strongly_typed = trt_info.has_strongly_typed(trt_version) and not options.uses_fp16
     return PrecisionPlan(options.uses_fp16, not strongly_typed, strongly_typed, True, False)
+
+
+def select_fp32_layers(
+    layers: Iterable[Tuple[str, Sequence[str]]], keep_fp32: Sequence[str]
+) -> Dict[str, Any]:
+    """Which TensorRT layers to pin to FP32, from ``(layer_name, output_tensor_names)`` pairs.
+
+    A layer is pinned when one of its outputs is named in ``keep_fp32`` (ONNX node outputs keep
+    their names through TensorRT's ONNX parser); the outputs to set to FP32 are those named.
+    Returns ``{"layers": {index: [output indices]}, "matched": [...], "unmatched": [...]}`` with
+    tensor names in the order ``keep_fp32`` lists them, so a name found in no layer is reported
+    rather than silently ignored.
+    """
+    wanted = set(keep_fp32)
+    chosen: Dict[int, List[int]] = {}
+    found = set()
+    for index, (_, outputs) in enumerate(layers):
+        hits = [i for i, name in enumerate(outputs) if name in wanted]
+        if hits:
+            chosen[index] = hits
+            found.update(outputs[i] for i in hits)
+    ordered = list(dict.fromkeys(keep_fp32))
+    return {"layers": chosen, "matched": [t for t in ordered if t in found],
+            "unmatched": [t for t in ordered if t not in found]}
 
 
 def check_opt_level(opt_level: int | None, trt_version: str) -> None:
@@ -175,11 +232,13 @@ def create_config_kwargs(
     plan: PrecisionPlan,
     profiles: Sequence[ProfileSpec],
     calibrator: Any = None,
+    obey_precision: bool = False,
 ) -> Dict[str, Any]:
     """Keyword arguments of Polygraphy's ``CreateConfig`` (everything but memory pools).
 
-    Only options that are set are passed, so older Polygraphy releases (0.49.x on JetPack 5)
-    that lack newer keywords still accept the call.
+    Only options that are set are passed, so older Polygraphy releases that lack newer keywords
+    still accept the call. obey_precision: layers were pinned to FP32 (keep_fp32), so TensorRT
+    must obey layer precisions (``precision_constraints="obey"``), flag-based builds only.
     """
     kwargs: Dict[str, Any] = {
         "profiles": [p.to_polygraphy() for p in profiles],
@@ -189,6 +248,8 @@ def create_config_kwargs(
     }
     if calibrator is not None:
         kwargs["calibrator"] = calibrator
+    if obey_precision and plan.lowers_precision_by_flags:
+        kwargs["precision_constraints"] = "obey"
     if options.opt_level is not None:
         kwargs["builder_optimization_level"] = options.opt_level
     if options.timing_cache and Path(options.timing_cache).is_file():
@@ -212,6 +273,7 @@ def make_config_loader(
     profiles: List[ProfileSpec],
     calibrator: Any = None,
     calibration_profile: int | None = None,
+    obey_precision: bool = False,
 ):
     """Polygraphy config loader: ``CreateConfig``, then the settings it has no keyword for.
 
@@ -226,7 +288,8 @@ def make_config_loader(
         calibration_profile = len(profiles) - 1
     attach_late = calibrator is not None and calibration_profile != len(profiles) - 1
     kwargs = create_config_kwargs(options, plan, profiles,
-                                  calibrator=None if attach_late else calibrator)
+                                  calibrator=None if attach_late else calibrator,
+                                  obey_precision=obey_precision)
     if options.workspace_mib is not None:
         kwargs["memory_pool_limits"] = memory_pool_limits(options.workspace_mib)
     create = CreateConfig(**kwargs)

@@ -31,6 +31,9 @@ REQUIRED_KEYS = (
     "created_at",
 )
 REBUILD_HINT = "rebuild it with make engine (python -m engines.build) on this device"
+# Optional sections (manifests from before they existed stay valid): which graph was parsed and
+# how it was typed, the export's TensorRT target, the parse check's note and the keep_fp32 count.
+NETWORK_MODES = ("flags", "strongly-typed")
 
 
 def manifest_path(plan_path: str | os.PathLike) -> Path:
@@ -84,6 +87,16 @@ def validate_manifest(data: Any, path: str | os.PathLike) -> None:
         raise ToolkitError(f"engine manifest {path}: gpu must hold name and compute_capability")
     if not isinstance(data["profiles"], list) or not data["profiles"]:
         raise ToolkitError(f"engine manifest {path}: profiles must be a non-empty list")
+    network = data.get("network")
+    if network is not None:
+        if not isinstance(network, dict) or not {"file", "sha256", "mode"} <= set(network):
+            raise ToolkitError(f"engine manifest {path}: network must hold file, sha256 and mode")
+        if network["mode"] not in NETWORK_MODES:
+            raise ToolkitError(f"engine manifest {path}: network mode {network['mode']!r}, "
+                               f"expected one of {list(NETWORK_MODES)}")
+    keep = data.get("keep_fp32")
+    if keep is not None and (not isinstance(keep, dict) or "listed" not in keep):
+        raise ToolkitError(f"engine manifest {path}: keep_fp32 must hold the listed count")
 
 
 def check_plan_file(plan_path: str | os.PathLike) -> Dict[str, Any]:

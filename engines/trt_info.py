@@ -65,15 +65,21 @@ def has_strongly_typed(version: str) -> bool:
 # DLA on Jetson (TensorRT 11.4.1 release notes and "Working with DLA"): 8.5 through 10.x build
 # DLA engines (10.7 is the last 10.x release that shipped with DLA, on JetPack 6; later 10.x
 # devices report 0 DLA cores, which check_dla refuses); 11.0 through 11.4.0 have no DLA on
-# Jetson; from 11.4.1 on, DLA is back on Jetson AGX Orin only, with JetPack 7.2.2 or later.
+# Jetson; 11.4.1 brought DLA back on Jetson AGX Orin only, with JetPack 7.2.2 or later; 11.5
+# dropped JetPack altogether, so DLA ends with the 11.4.x releases.
 DLA_RETURNED_IN = (11, 4, 1)
+DLA_LAST_MINOR = (11, 4)  # the last TensorRT minor release for JetPack (11.5 dropped it)
 DLA_RETURN_JETPACK = (7, 2, 2)
 DLA_RETURN_MODULE = "agx orin"  # the only module with DLA under TensorRT 11.4.1+
+DLA_RULE = ("DLA is in 8.5..10.x, and in 11.4.1..11.4.x on Jetson AGX Orin with JetPack 7.2.2+; "
+            "11.0..11.4.0 have none and 11.5 dropped JetPack")
 
 
 def has_dla_builds(version: str) -> bool:
-    """TensorRT ``version`` builds DLA engines somewhere: 8.5..10.x, and 11.4.1 or later."""
-    return not at_least(version, (11,)) or at_least(version, DLA_RETURNED_IN)
+    """TensorRT ``version`` builds DLA engines somewhere: 8.5..10.x, and 11.4.x from 11.4.1."""
+    if not at_least(version, (11,)):
+        return True
+    return at_least(version, DLA_RETURNED_IN) and parse_version(version)[:2] == DLA_LAST_MINOR
 
 
 def dla_platform_problem(version: str, module: str | None, jetpack: str | None) -> str | None:
@@ -83,8 +89,7 @@ def dla_platform_problem(version: str, module: str | None, jetpack: str | None) 
     builder's ``num_DLA_cores`` decides then.
     """
     if not has_dla_builds(version):
-        return (f"TensorRT {version} builds no DLA engines (DLA is in 8.5..10.x, and again from "
-                "11.4.1 on Jetson AGX Orin with JetPack 7.2.2+)")
+        return f"TensorRT {version} builds no DLA engines ({DLA_RULE})"
     if not at_least(version, DLA_RETURNED_IN):
         return None
     if module and module != UNKNOWN and DLA_RETURN_MODULE not in module.lower():
@@ -96,10 +101,13 @@ def dla_platform_problem(version: str, module: str | None, jetpack: str | None) 
     return None
 
 
-# Polygraphy 0.49.0 and 0.49.9 read IBuilderConfig.int8_calibrator unguarded, which TensorRT
-# 11 removed (every build then fails with an AttributeError); 0.49.26 added the guard.
-# (0.49.6, the floor once named, was never published.)
-POLYGRAPHY_FOR_TRT11 = (0, 49, 26)
+# Polygraphy's floor, everywhere (requirements, pyproject, the build's check): 0.49.0 and 0.49.9
+# read IBuilderConfig.int8_calibrator unguarded and 0.49.26 still reads layer.precision_is_set
+# unguarded in CreateConfig (config.py, _CreateConfigCommon.call_impl); TensorRT 11 removed both,
+# so every build fails with an AttributeError. 0.50.3 is the first release that guards both
+# (try/except AttributeError, and fail_unavailable for the calibrator).
+POLYGRAPHY_FLOOR = (0, 50, 3)
+POLYGRAPHY_FOR_TRT11 = POLYGRAPHY_FLOOR
 
 
 def polygraphy_problem(polygraphy_version: str, trt_version: str) -> str | None:
@@ -111,8 +119,8 @@ def polygraphy_problem(polygraphy_version: str, trt_version: str) -> str | None:
         return None
     floor = ".".join(map(str, POLYGRAPHY_FOR_TRT11))
     return (f"Polygraphy {polygraphy_version} cannot build with TensorRT {trt_version} (it reads "
-            f"config.int8_calibrator, which TensorRT 11 removed): pip install "
-            f"'polygraphy>={floor}'")
+            f"layer.precision_is_set and config.int8_calibrator, which TensorRT 11 removed): "
+            f"pip install 'polygraphy>={floor}'")
 
 
 def _version_or_none(version: str) -> Tuple[int, ...] | None:

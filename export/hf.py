@@ -1,6 +1,7 @@
 """Export a Hugging Face checkpoint folder to ONNX with this project's interface and sidecar.
 
     python -m export.hf --model DIR --output models/NAME.onnx [--task classifier|decoder]
+        [--trt-target 8.6|8.5]
 
 DIR is a ``save_pretrained`` folder (config.json, weights, tokenizer.json), loaded offline
 (``local_files_only``, never remote code), or a ``.pt`` checkpoint of ``train.hf_finetune``.
@@ -11,6 +12,8 @@ model's modules (``export/hf_encoders.py``, ``export/hf_decoders.py``), traced, 
 checked as ``export/onnx_model.py`` does; parity is against transformers' forward and greedy
 ``generate`` (``export/hf_parity.py``). Written atomically: NAME.onnx, NAME.onnx.json (sidecar,
 with the HF config under ``model_config``) and NAME.tokenizer.json (the folder's tokenizer.json).
+``--trt-target 8.5`` decomposes the LayerNorms (BERT family, GPT-2, GPT-Neo) for TensorRT 8.5 as
+``export.onnx_model`` does; Llama's RMSNorm is elementwise ops at every target.
 """
 from __future__ import annotations
 
@@ -29,16 +32,17 @@ import click
 
 from common.errors import ToolkitError, exit_on_toolkit_error
 from common.fileio import sha256_file
+from export.norm_graph import DEFAULT_TARGET, TARGETS, check_target
 from export.onnx_model import (
     OPSET,
+    TRT_TARGET_HELP,
     axis_ranges,
-    check_graph,
     describe_export,
     io_spec,
     read_texts,
-    stamp_io_shapes,
+    tensorrt_fields,
     tokenizer_file,
-    trace_to_onnx,
+    trace_checked,
     write_artifacts,
 )
 
@@ -59,7 +63,8 @@ def export_hf(model_dir: str | Path, output: str | Path, *, task: str | None = N
               max_batch: int = 64, topk: int = 64, max_seq_len: int | None = None,
               num_labels: int = 2, head_seed: int = 0, simplify: bool = True,
               check_parity: bool = True, parity_texts: Sequence[str] | None = None,
-              greedy_tokens: int = 200, opset: int = OPSET) -> Path:
+              greedy_tokens: int = 200, opset: int = OPSET,
+              trt_target: str = DEFAULT_TARGET) -> Path:
     """Export ``model_dir`` to ``output`` (.onnx) with sidecar and tokenizer; returns ``output``."""
     from export.hf_load import load_hf
 
@@ -69,11 +74,13 @@ def export_hf(model_dir: str | Path, output: str | Path, *, task: str | None = N
         raise ToolkitError(f"--output {output}: expected a path ending in .onnx")
     if max_batch < 1:
         raise ToolkitError(f"--max-batch {max_batch}: expected a positive integer")
+    check_target(trt_target)
     loaded = load_hf(model_dir, task=task, num_labels=num_labels, head_seed=head_seed)
     wrapper, spec = build_wrapper(loaded, topk, max_seq_len)
     with tempfile.TemporaryDirectory(prefix="hf-export-") as tmp:
         path = Path(tmp) / "model.onnx"
-        simplifier, note = build_graph(wrapper, spec, path, topk, opset, simplify, output)
+        simplifier, note = build_graph(wrapper, spec, path, topk, opset, simplify, output,
+                                       trt_target)
         export_seconds = time.perf_counter() - started
         parity = None
         if check_parity:
@@ -82,6 +89,7 @@ def export_hf(model_dir: str | Path, output: str | Path, *, task: str | None = N
         from export.preflight import preflight_report
 
         preflight = preflight_report(path)
+        target_fields = tensorrt_fields(path, trt_target)
         onnx_bytes = path.read_bytes()
         # The folder's tokenizer.json with padding and truncation switched off (hf_load).
         tokenizer_copy = Path(tmp) / "tokenizer.json"
@@ -90,7 +98,8 @@ def export_hf(model_dir: str | Path, output: str | Path, *, task: str | None = N
         sidecar.update(simplifier=simplifier, simplifier_note=note, preflight=preflight,
                        export_seconds=export_seconds, parity=parity,
                        tokenizer_sha256=sha256_file(tokenizer_copy),
-                       tokenizer_source_sha256=sha256_file(loaded.tokenizer_path))
+                       tokenizer_source_sha256=sha256_file(loaded.tokenizer_path),
+                       **target_fields)
         write_artifacts(output, onnx_bytes, tokenizer_copy, sidecar)
     return output
 
@@ -125,24 +134,13 @@ def _context(requested: int | None, limit: int) -> int:
 
 
 def build_graph(wrapper, spec: GraphSpec, path: Path, topk: int, opset: int, simplify: bool,
-                where: Path):
-    """Trace, simplify, stamp and check the graph; save it to ``path``. -> (simplifier, note)."""
-    import onnx
+                where: Path, trt_target: str = DEFAULT_TARGET):
+    """Trace, simplify, stamp and check the graph; save it to ``path``. -> (simplifier, note).
 
-    from export.wrappers import count_layernorms
-
+    The wrapper holds the HF model's own LayerNorm modules; for 8.5 they are swapped in the
+    wrapper only, so the transformers model the parity check runs keeps its nn.LayerNorm."""
     inputs, outputs = io_spec(spec, topk)
-    trace_to_onnx(wrapper, path, opset)
-    model = onnx.load(str(path))
-    simplifier, note = "none", ""
-    if simplify:
-        from export.simplify import simplify_model
-
-        model, simplifier, note = simplify_model(model)
-    stamp_io_shapes(model, inputs, outputs)
-    check_graph(model, inputs, outputs, count_layernorms(wrapper), opset, where)
-    onnx.save(model, str(path))
-    return simplifier, note
+    return trace_checked(wrapper, path, inputs, outputs, opset, simplify, where, trt_target)
 
 
 def special_tokens(loaded) -> Dict[str, int | None]:
@@ -257,14 +255,17 @@ def describe_hf_export(output: Path) -> str:
               help="Text file, one text a line, for the parity check on real tokens.")
 @click.option("--greedy-tokens", default=200, show_default=True,
               help="Decoder: greedy tokens compared with transformers' generate.")
+@click.option("--trt-target", type=click.Choice(TARGETS), default=DEFAULT_TARGET,
+              show_default=True, help=TRT_TARGET_HELP)
 @exit_on_toolkit_error
 def main(model_dir, output, task, max_batch, topk, max_seq_len, num_labels, head_seed,
-         no_simplify, no_parity, parity_texts, greedy_tokens) -> None:
+         no_simplify, no_parity, parity_texts, greedy_tokens, trt_target) -> None:
     """Export a Hugging Face model folder to ONNX with its sidecar and tokenizer."""
     export_hf(model_dir, output, task=task, max_batch=max_batch, topk=topk,
               max_seq_len=max_seq_len, num_labels=num_labels, head_seed=head_seed,
               simplify=not no_simplify, check_parity=not no_parity,
-              parity_texts=read_texts(parity_texts), greedy_tokens=greedy_tokens)
+              parity_texts=read_texts(parity_texts), greedy_tokens=greedy_tokens,
+              trt_target=trt_target)
     click.echo(describe_hf_export(output))
 
 

@@ -1,12 +1,18 @@
 """Export a training checkpoint to ONNX (opset 17, int32 ids) with its sidecar and tokenizer.
 
     python -m export.onnx_model --checkpoint checkpoints/imdb/best.pt --output models/imdb.onnx
+        [--trt-target 8.6|8.5]
 
 Traces the wrappers of ``export/wrappers.py`` with the TorchScript exporter (the dynamo exporter
 cannot go below opset 18, and TensorRT 8.5/8.6 parse up to 17), checks the graph's structure,
 simplifies it, checks parity with PyTorch through ONNX Runtime, then writes atomically:
 ``models/imdb.onnx``, ``models/imdb.onnx.json`` (sidecar) and ``models/imdb.tokenizer.json``.
 Nothing is written when a check fails.
+
+``--trt-target 8.5`` (JetPack 5.1) writes each LayerNorm in ops TensorRT 8.5's parser imports
+(``export/layernorm.py``); 8.6 (the default) writes one LayerNormalization node each. The sidecar
+records the target (``tensorrt_target``), the tensors the engine build keeps FP32 (``keep_fp32``,
+``export/norm_graph.py``) and the parse verdict per TensorRT version (``tensorrt_parse``).
 """
 from __future__ import annotations
 
@@ -32,9 +38,12 @@ from common.artifacts import (
 )
 from common.errors import ToolkitError, exit_on_toolkit_error
 from common.fileio import atomic_write_bytes, sha256_file
+from export.norm_graph import DEFAULT_TARGET, TARGETS, check_target, layernorm_style
 
 OPSET = 17
 BINARY_LABELS = ["negative", "positive"]
+TRT_TARGET_HELP = ("Lowest TensorRT the graph is for: 8.5 (JetPack 5.1) writes LayerNorm as "
+                   "ReduceMean/Sub/Mul/Sqrt/Div, 8.6+ as LayerNormalization.")
 
 
 def export_checkpoint(
@@ -49,12 +58,14 @@ def export_checkpoint(
     kind: str | None = None,
     parity_texts: Sequence[str] | None = None,
     greedy_tokens: int = 200,
+    trt_target: str = DEFAULT_TARGET,
 ) -> Path:
     """Export ``checkpoint`` to ``output`` (.onnx) with sidecar and tokenizer; returns ``output``.
 
     kind: "classifier" | "decoder" to refuse a checkpoint of the other kind. topk: K of the
     decoder's top-K outputs (1..vocab). parity_texts: real texts for the parity check
-    (classifier batch; the decoder's greedy prompt is the first one).
+    (classifier batch; the decoder's greedy prompt is the first one). trt_target: "8.6" |
+    "8.5", the lowest TensorRT the graph is written for (8.5: LayerNorm decomposed).
     """
     from train.checkpoint import load_checkpoint
     from train.tokenizer import load_tokenizer
@@ -65,12 +76,13 @@ def export_checkpoint(
         raise ToolkitError(f"--output {output}: expected a path ending in .onnx")
     if max_batch < 1:
         raise ToolkitError(f"max_batch={max_batch}: expected a positive integer")
+    check_target(trt_target)
     ckpt = load_checkpoint(checkpoint, kind=kind)
     tokenizer = load_tokenizer(ckpt.tokenizer_path)
     topk = topk if ckpt.kind == "decoder" else 0  # the wrapper refuses K outside 1..vocab
     with tempfile.TemporaryDirectory(prefix="onnx-export-") as tmp:
         final = Path(tmp) / "model.onnx"
-        simplifier, note = build_graph(ckpt, final, topk, opset, simplify, where=output)
+        simplifier, note = build_graph(ckpt, final, topk, opset, simplify, output, trt_target)
         export_seconds = time.perf_counter() - started
         parity = None
         if check_parity:
@@ -80,36 +92,65 @@ def export_checkpoint(
         from export.preflight import preflight_report
 
         preflight = preflight_report(final)
+        target_fields = tensorrt_fields(final, trt_target)
         onnx_bytes = final.read_bytes()
     sidecar = build_sidecar(ckpt, tokenizer, output, onnx_bytes, topk, opset, max_batch)
     sidecar.update(simplifier=simplifier, simplifier_note=note, export_seconds=export_seconds,
-                   parity=parity, preflight=preflight)
+                   parity=parity, preflight=preflight, **target_fields)
     write_artifacts(output, onnx_bytes, ckpt.tokenizer_path, sidecar)
     return output
 
 
-def build_graph(ckpt, path: Path, topk: int, opset: int, simplify: bool, where: Path):
+def build_graph(ckpt, path: Path, topk: int, opset: int, simplify: bool, where: Path,
+                trt_target: str = DEFAULT_TARGET):
     """Trace, simplify, stamp and check the graph of ``ckpt``; save it to ``path``.
 
     Returns (simplifier, note) as ``export.simplify.simplify_model`` reports them.
     """
-    import onnx
-
-    from export.wrappers import count_layernorms, export_wrapper
+    from export.wrappers import export_wrapper
 
     wrapper = export_wrapper(ckpt.model, ckpt.kind, topk)
     inputs, outputs = io_spec(ckpt.config, topk)
-    trace_to_onnx(wrapper, path, opset)
+    return trace_checked(wrapper, path, inputs, outputs, opset, simplify, where, trt_target)
+
+
+def trace_checked(wrapper, path: Path, inputs, outputs, opset: int, simplify: bool, where: Path,
+                  trt_target: str):
+    """Trace ``wrapper`` for ``trt_target`` (8.5: its LayerNorms decomposed for the trace only),
+    simplify, stamp the I/O axes, check (``check_graph``) and save to ``path``.
+    -> (simplifier, note)."""
+    import onnx
+
+    from export.layernorm import decomposed
+    from export.wrappers import count_layernorms
+
+    n_layernorms = count_layernorms(wrapper)
+    with decomposed(wrapper, trt_target):
+        trace_to_onnx(wrapper, path, opset)
     model = onnx.load(str(path))
     simplifier, note = "none", ""
     if simplify:
-        from export.simplify import simplify_model
+        from export.simplify import FUSE_LAYERNORM_PASS, simplify_model
 
-        model, simplifier, note = simplify_model(model)
+        skip = [FUSE_LAYERNORM_PASS] if layernorm_style(trt_target) == "decomposed" else []
+        model, simplifier, note = simplify_model(model, skipped_passes=skip)
     stamp_io_shapes(model, inputs, outputs)
-    check_graph(model, inputs, outputs, count_layernorms(ckpt.model), opset, where)
+    check_graph(model, inputs, outputs, n_layernorms, opset, where, trt_target)
     onnx.save(model, str(path))
     return simplifier, note
+
+
+def tensorrt_fields(onnx_path: Path, trt_target: str) -> Dict[str, Any]:
+    """The sidecar's ``tensorrt_target``, ``keep_fp32`` (found in the final graph by pattern)
+    and ``tensorrt_parse`` (``common.trt_onnx.parse_report``) of a checked graph."""
+    import onnx
+
+    from common.trt_onnx import parse_report
+    from export.norm_graph import keep_fp32_record, tensorrt_target
+
+    return {"tensorrt_target": tensorrt_target(trt_target),
+            "keep_fp32": keep_fp32_record(onnx.load(str(onnx_path)).graph),
+            "tensorrt_parse": parse_report(onnx_path)}
 
 
 def build_sidecar(ckpt, tokenizer, output: Path, onnx_bytes: bytes, topk: int, opset: int,
@@ -220,8 +261,12 @@ def stamp_io_shapes(model, inputs, outputs) -> None:
                 dim.dim_value = size
 
 
-def check_graph(model, inputs, outputs, n_layernorms: int, opset: int, where: Path) -> None:
-    """The structure CONTRIBUTING.md promises, or a ToolkitError naming what differs."""
+def check_graph(model, inputs, outputs, n_layernorms: int, opset: int, where: Path,
+                trt_target: str = DEFAULT_TARGET) -> None:
+    """The structure CONTRIBUTING.md promises, or a ToolkitError naming what differs.
+
+    Per nn.LayerNorm: one LayerNormalization node (target 8.6), or one decomposed LayerNorm
+    pattern and no LayerNormalization node (8.5)."""
     import onnx
     from onnx import helper
 
@@ -240,6 +285,10 @@ def check_graph(model, inputs, outputs, n_layernorms: int, opset: int, where: Pa
         want = [(s["name"], s["dtype"], len(s["shape"])) for s in spec]
         if got != want:
             raise ToolkitError(f"{where}: graph {kind}s {got}, expected {want}")
+    if check_target(trt_target) == "8.5":
+        from export.norm_graph import check_decomposed_graph
+
+        return check_decomposed_graph(model.graph, n_layernorms, where)
     from export.preflight import decomposed_layernorms
 
     decomposed = decomposed_layernorms(model.graph)
@@ -273,11 +322,23 @@ def describe_export(output: Path) -> str:
              for p in (output, sidecar_path(output), tokenizer)]
     lines.append(f"{sidecar['kind']}, opset {sidecar['opset']}, exported in "
                  f"{sidecar['export_seconds']:.1f} s, simplifier: {sidecar['simplifier']}")
+    lines += _describe_target(sidecar)
     if sidecar["simplifier_note"]:
         lines.append(f"note: {sidecar['simplifier_note']}")
     lines += _describe_parity(sidecar["parity"])
     lines += ["pre-flight:", format_preflight(sidecar["preflight"])]
     return "\n".join(lines)
+
+
+def _describe_target(sidecar: Dict[str, Any]) -> List[str]:
+    target = sidecar.get("tensorrt_target")
+    if not target:  # a sidecar from before --trt-target
+        return []
+    kept = len(sidecar.get("keep_fp32", {}).get("tensors", []))
+    # The per-version parse verdicts are printed by the pre-flight report.
+    return [f"TensorRT target: {target['min_tensorrt']} and later (LayerNorm: "
+            f"{target['layernorm']}); engine build keeps {kept} tensors of elementwise "
+            "normalizations FP32"]
 
 
 def _describe_parity(parity: Dict[str, Any] | None) -> List[str]:
@@ -320,13 +381,16 @@ def read_texts(path: Path | None) -> List[str] | None:
               help="Text file, one text a line, for the parity check on real tokens.")
 @click.option("--greedy-tokens", default=200, show_default=True,
               help="Decoder: greedy tokens compared with PyTorch (up to the context).")
+@click.option("--trt-target", type=click.Choice(TARGETS), default=DEFAULT_TARGET,
+              show_default=True, help=TRT_TARGET_HELP)
 @exit_on_toolkit_error
 def main(checkpoint, output, kind, max_batch, topk, no_simplify, no_parity, parity_texts,
-         greedy_tokens) -> None:
+         greedy_tokens, trt_target) -> None:
     """Export CHECKPOINT to ONNX with its sidecar and tokenizer."""
     export_checkpoint(checkpoint, output, max_batch=max_batch, topk=topk,
                       simplify=not no_simplify, check_parity=not no_parity, kind=kind,
-                      parity_texts=read_texts(parity_texts), greedy_tokens=greedy_tokens)
+                      parity_texts=read_texts(parity_texts), greedy_tokens=greedy_tokens,
+                      trt_target=trt_target)
     click.echo(describe_export(output))
 
 

@@ -2,9 +2,11 @@
 
 Reads only the ONNX file (no checkpoint, no torch), so it also checks a graph that came from
 somewhere else: ``python -m export.preflight models/imdb.onnx``. It lists what tends to go wrong
-on Jetson: an opset TensorRT 8.5/8.6 cannot parse, LayerNorm decomposed into
-ReduceMean/Pow/Sqrt (x**2 overflows FP16), float constants beyond the FP16 range (65504), and
-the operators DLA cannot run (those layers fall back to the GPU).
+on Jetson: per TensorRT release (8.5, 8.6, 10.x, 11.x) whether its ONNX parser imports the graph
+(``common.trt_onnx``: operators, types, conditions and opset ceilings from onnx-tensorrt at the
+commit each release pins), LayerNorm decomposed into ReduceMean/Pow/Sqrt (x**2 overflows FP16),
+float constants beyond the FP16 range (65504), and the operators DLA cannot run (those layers
+fall back to the GPU). ``--trt VERSION`` exits 2 with one line when that release cannot parse it.
 """
 from __future__ import annotations
 
@@ -22,7 +24,6 @@ import click
 from common.errors import ToolkitError, exit_on_toolkit_error
 
 FP16_MAX = 65504.0
-MAX_TENSORRT_OPSET = 17  # TensorRT 8.5/8.6 on JetPack 5/6.0 parse up to opset 17
 
 # ONNX ops that map to TensorRT layers DLA can run (Jetson Orin, TensorRT 8.5-10.x), from
 # "DLA Supported Layers and Restrictions" in the TensorRT docs. Each still has shape limits
@@ -65,9 +66,13 @@ def preflight_report(onnx_path: str | os.PathLike) -> Dict[str, Any]:
     inputs = [_tensor_info(v) for v in graph.input]
     outputs = [_tensor_info(v) for v in graph.output]
     opset = _default_opset(model)
+    from common.trt_onnx import graph_facts, load_table, verdicts
+
+    entries = load_table()["entries"]
     return {
         "opset": opset,
-        "opset_ok_for_tensorrt_8_5": opset is not None and opset <= MAX_TENSORRT_OPSET,
+        "opset_ceilings": {key: entry["max_opset"] for key, entry in entries.items()},
+        "tensorrt_verdicts": verdicts(graph_facts(onnx_path)),
         "nodes": len(graph.node),
         "op_histogram": dict(sorted(histogram.items())),
         "inputs": inputs,
@@ -84,8 +89,9 @@ def find_fp16_hazards(model) -> List[Dict[str, str]]:
     """Decomposed LayerNorm, Pow nodes and float constants beyond the FP16 range."""
     graph = model.graph
     hazards = [{"kind": "decomposed_layernorm", "node": name,
-                "detail": "ReduceMean -> Sub -> Pow/Mul -> ReduceMean: export at opset 17 "
-                          "so LayerNorm stays one node"}
+                "detail": "ReduceMean -> Sub -> Pow/Mul -> ReduceMean: keep it FP32 (the "
+                          "sidecar's keep_fp32, for TensorRT 8.5) or export with LayerNorm as "
+                          "one node (TensorRT 8.6+)"}
                for name in decomposed_layernorms(graph)]
     hazards += [{"kind": "pow", "node": n.name or n.output[0],
                  "detail": "Pow can overflow FP16 (x**2 > 65504 once |x| > 256)"}
@@ -151,13 +157,15 @@ def _tensor_info(value) -> Dict[str, Any]:
 
 def format_preflight(report: Dict[str, Any]) -> str:
     """Human-readable lines for the terminal."""
-    opset_note = "ok for TensorRT 8.5+" if report["opset_ok_for_tensorrt_8_5"] else \
-        f"TensorRT 8.5/8.6 parse only up to {MAX_TENSORRT_OPSET}"
+    ceilings = ", ".join(f"{key} {top}" for key, top in report["opset_ceilings"].items())
     ops = ", ".join(f"{op} {n}" for op, n in report["op_histogram"].items())
     lines = [
-        f"opset {report['opset']} ({opset_note}); {report['nodes']} nodes; "
-        f"{report['layernorm_nodes']} LayerNormalization",
+        f"opset {report['opset']} (TensorRT parsers take up to: {ceilings}); "
+        f"{report['nodes']} nodes; {report['layernorm_nodes']} LayerNormalization",
         f"operators: {ops}",
+    ]
+    lines += [_verdict_line(key, verdict) for key, verdict in report["tensorrt_verdicts"].items()]
+    lines += [
         "inputs:  " + "; ".join(_fmt_tensor(t) for t in report["inputs"]),
         "outputs: " + "; ".join(_fmt_tensor(t) for t in report["outputs"]),
         "dynamic axes: " + (", ".join(report["dynamic_axes"]) or "none")
@@ -173,6 +181,15 @@ def format_preflight(report: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _verdict_line(key: str, verdict: Dict[str, Any]) -> str:
+    where = f"TensorRT {key} (onnx-tensorrt {verdict['onnx_tensorrt'][:8]})"
+    if verdict["ok"]:
+        return f"{where}: parses"
+    problems = verdict["problems"]
+    more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+    return f"{where}: will NOT parse: {problems[0]}{more}"
+
+
 def _fmt_tensor(t: Dict[str, Any]) -> str:
     return f"{t['name']} {t['dtype']} [{', '.join(str(d) for d in t['shape'])}]"
 
@@ -180,9 +197,16 @@ def _fmt_tensor(t: Dict[str, Any]) -> str:
 @click.command()
 @click.argument("onnx_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--trt", "trt_version", default=None, metavar="VERSION",
+              help="Also exit 2 when this TensorRT release (e.g. 8.5.2, 10.3) cannot parse it.")
 @exit_on_toolkit_error
-def main(onnx_path: Path, as_json: bool) -> None:
-    """Print the pre-flight report of ONNX_PATH (opset, ops, FP16 hazards, DLA fallback)."""
+def main(onnx_path: Path, as_json: bool, trt_version: str | None) -> None:
+    """Print the pre-flight report of ONNX_PATH (TensorRT parse verdicts, opset, ops, FP16
+    hazards, DLA fallback)."""
+    from common.trt_onnx import check_onnx_for_tensorrt, table_key
+
+    if trt_version is not None:
+        table_key(trt_version)  # an unknown release is an error before the report
     report = preflight_report(onnx_path)
     if as_json:
         import json
@@ -190,6 +214,8 @@ def main(onnx_path: Path, as_json: bool) -> None:
         click.echo(json.dumps(report, indent=2))
     else:
         click.echo(format_preflight(report))
+    if trt_version is not None:
+        click.echo(check_onnx_for_tensorrt(onnx_path, None, trt_version))
 
 
 if __name__ == "__main__":

@@ -24,13 +24,24 @@ from typing import Any, Dict, List, Optional
 from jetson import clocks
 from jetson.commands import Runner, no_commands, run_command
 
-# L4T release -> JetPack release (NVIDIA's JetPack archive). The nvidia-jetpack package, when
-# installed, names the JetPack release directly and wins over this table.
+# L4T release -> JetPack release, from NVIDIA's JetPack and Jetson Linux archives
+# (developer.nvidia.com/embedded/jetpack-archive, docs.nvidia.com/jetson/archives, the
+# archive-7.0/7.1 pages "JetPack 7.0 with Jetson Linux 38.2/38.2.1", "JetPack 7.1 with Jetson
+# Linux 38.4"). Jetson Linux security/bug-fix releases that came without a new JetPack number
+# (35.6.2, 38.2.1) map to the JetPack they update. The nvidia-jetpack package, when installed,
+# names the JetPack release directly and wins over this table.
 L4T_TO_JETPACK = {
+    # JetPack 4.6.x (Nano, TX1/TX2, Xavier)
     "32.6.1": "4.6", "32.7.1": "4.6.1", "32.7.2": "4.6.2", "32.7.3": "4.6.3", "32.7.4": "4.6.4",
-    "32.7.5": "4.6.5", "35.1.0": "5.0.2", "35.2.1": "5.1", "35.3.1": "5.1.1", "35.4.1": "5.1.2",
-    "35.5.0": "5.1.3", "35.6.0": "5.1.4", "36.3.0": "6.0", "36.4.0": "6.1", "36.4.3": "6.2",
-    "36.4.4": "6.2.1", "38.2.0": "7.0", "38.4.0": "7.1", "39.2.0": "7.2",
+    "32.7.5": "4.6.5",
+    # JetPack 5.x (Xavier, Orin; Python 3.8, TensorRT 8.4/8.5)
+    "34.1.0": "5.0 DP", "34.1.1": "5.0.1 DP", "35.1.0": "5.0.2",
+    "35.2.1": "5.1", "35.3.1": "5.1.1", "35.4.1": "5.1.2", "35.5.0": "5.1.3",
+    "35.6.0": "5.1.4", "35.6.1": "5.1.5", "35.6.2": "5.1.5",
+    # JetPack 6.x (Orin; Python 3.10, TensorRT 8.6 / 10.3)
+    "36.2.0": "6.0 DP", "36.3.0": "6.0", "36.4.0": "6.1", "36.4.3": "6.2", "36.4.4": "6.2.1",
+    # JetPack 7.x (Thor from 38.x; Orin again from 39.x)
+    "38.2.0": "7.0", "38.2.1": "7.0", "38.4.0": "7.1", "39.2.0": "7.2",
 }
 # (implementer, part) from /proc/cpuinfo on Arm, where there is no "model name" line.
 ARM_CPU_PARTS = {

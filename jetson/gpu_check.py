@@ -1,8 +1,8 @@
-"""Helpers jetson/gpu_check.sh runs inside its venv (a top-level tool, like a make recipe:
-unlike the jetson library modules it may import the calibration loader).
+"""A helper the device check (benchmarks/device_check_steps.py) runs in its venv: a top-level
+tool, like a make recipe (unlike the jetson library modules it may import the calibration
+loader). Versions and device state are the device check's own first step now.
 
     python jetson/gpu_check.py calib-set --onnx tests/fixtures/tiny_classifier.onnx --output X
-    python jetson/gpu_check.py versions --output versions.json
 """
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ from typing import Any, Dict
 
 import click
 
-from common.errors import ToolkitError, exit_on_toolkit_error
-from common.fileio import atomic_write_json
+from common.errors import exit_on_toolkit_error
 
 
 def random_calibration_set(onnx_path: Path, output: Path, batches: int = 4,
@@ -54,37 +53,9 @@ def random_calibration_set(onnx_path: Path, output: Path, batches: int = 4,
     return save_calibration_set(output, token_batches, meta)
 
 
-def versions() -> Dict[str, Any]:
-    """Device state plus what the state does not hold: pycuda, the GPU, polygraphy, ORT."""
-    from jetson.device_state import collect
-
-    out: Dict[str, Any] = {"device_state": collect()}
-    for module in ("pycuda", "polygraphy", "onnxruntime", "tokenizers", "click", "pytest"):
-        try:
-            out[module] = __import__(module).VERSION_TEXT if module == "pycuda" else \
-                __import__(module).__version__
-        except ImportError as exc:
-            out[module] = f"not importable: {exc}"
-    try:
-        import pycuda.driver as cuda
-    except ImportError as exc:
-        out["gpu"] = f"pycuda not importable: {exc}"
-        return out
-    try:
-        cuda.init()
-        device = cuda.Device(0)
-        out["gpu"] = {"name": device.name(),
-                      "compute_capability": "{}.{}".format(*device.compute_capability()),
-                      "cuda_driver": cuda.get_driver_version(),
-                      "cuda_runtime_pycuda_built_for": cuda.get_version()}
-    except cuda.Error as exc:  # a driver that loads but no usable device
-        raise ToolkitError(f"pycuda loaded but cannot use GPU 0: {exc}") from None
-    return out
-
-
 @click.group()
 def main() -> None:
-    """Helpers of jetson/gpu_check.sh."""
+    """Helpers of the device check (benchmarks.device_check)."""
 
 
 @main.command("calib-set")
@@ -94,18 +65,6 @@ def main() -> None:
 def calib_set(onnx_path: Path, output: Path) -> None:
     """Write a random-token calibration set for ONNX (an INT8 build check, not accuracy)."""
     click.echo(f"wrote {random_calibration_set(onnx_path, output)}")
-
-
-@main.command("versions")
-@click.option("--output", required=True, type=click.Path(path_type=Path))
-@exit_on_toolkit_error
-def versions_cmd(output: Path) -> None:
-    """Write the versions JSON (device state, pycuda, GPU, polygraphy, ORT) and print it."""
-    import json
-
-    found = versions()
-    atomic_write_json(output, found)
-    click.echo(json.dumps(found, indent=2, sort_keys=True, default=str))
 
 
 if __name__ == "__main__":

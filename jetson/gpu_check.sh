@@ -12,19 +12,22 @@ On an x86_64 machine with an NVIDIA GPU, its driver and a CUDA toolkit, unattend
   tensorrt    pip install $TENSORRT_SPEC (PyPI wheels; default: tensorrt-cu<driver's CUDA major>)
   pycuda      pip install pycuda, built against $CUDA_HOME
   device-reqs requirements/device.txt + requirements/device-test.txt (onnxruntime, pytest)
-  versions    TensorRT, CUDA, pycuda, GPU, Polygraphy, ORT, Python (python jetson/gpu_check.py)
-  engine-*    fp32, fp16 and int8 engines of tests/fixtures/tiny_classifier.onnx and
-              tiny_decoder.onnx (python -m engines.build); int8 from <model>.qdq.onnx when that
-              fixture exists, else calibrated on random tokens (TensorRT <= 10)
+  device-check  python -m benchmarks.device_check (the same as make device-check) in the venv:
+              versions and device state, the TensorRT parser against the static table, fp32,
+              fp16 and int8 engines of the tiny fixtures (and models/*.onnx), classify,
+              generate and bench against the committed references, Triton when a tritonserver
+              is found, the regression check; its report in $GPU_CHECK_WORK/device-check/
+              (report.json, report.md); fails when one of its steps failed
   pytest      pytest -m "trt or gpu" tests/device (fails if none of them ran)
-and writes a JSON summary (each step: ok/failed/skipped, seconds, message; versions; test
-counts) atomically to $GPU_CHECK_SUMMARY. Exit status 0 only when every step passed; else it
-prints and records exactly which steps failed. Each step's log is in $GPU_CHECK_WORK/logs.
+and writes a JSON summary (each step: ok/failed/skipped, seconds, message; versions from the
+device check; test counts) atomically to $GPU_CHECK_SUMMARY. Exit status 0 only when every
+step passed; else it prints and records exactly which steps failed. Each step's log is in
+$GPU_CHECK_WORK/logs.
 
 Environment variables (defaults in brackets):
   PYTHON              interpreter for the venv (3.8 or newer) [python3]
   GPU_CHECK_VENV      venv to (re)create [.venv-gpu-check]
-  GPU_CHECK_WORK      engines, calibration sets, logs [results/gpu-check]
+  GPU_CHECK_WORK      the device check's report and engines, logs [results/gpu-check]
   GPU_CHECK_SUMMARY   the JSON summary [$GPU_CHECK_WORK/summary.json]
   CUDA_HOME           CUDA toolkit for building pycuda [/usr/local/cuda]
   TENSORRT_SPEC       pip requirement for TensorRT [tensorrt-cu<N>, N from nvidia-smi]
@@ -48,10 +51,10 @@ SUMMARY="${GPU_CHECK_SUMMARY:-$WORK/summary.json}"
 CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 PYCUDA_SPEC="${PYCUDA_SPEC:-pycuda>=2022.1}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-mkdir -p "$WORK/logs" "$WORK/engines" "$WORK/calibration" || exit 2
+mkdir -p "$WORK/logs" || exit 2
 STEPS="$WORK/steps.jsonl"
 : > "$STEPS"
-rm -f "$WORK/versions.json" "$WORK/pytest.xml"
+rm -f "$WORK/device-check/report.json" "$WORK/pytest.xml"
 command -v "$PYTHON" >/dev/null || { echo "error: PYTHON=$PYTHON not found" >&2; exit 2; }
 
 record() {  # name status seconds message
@@ -94,7 +97,8 @@ step() {
 finish() {
     PYTHONPATH="$REPO" "$PYTHON" -c 'import sys
 from jetson.gpu_summary import finalize
-sys.exit(finalize(*sys.argv[1:]))' "$STEPS" "$SUMMARY" "$WORK/versions.json" "$WORK/pytest.xml"
+sys.exit(finalize(*sys.argv[1:]))' "$STEPS" "$SUMMARY" "$WORK/device-check/report.json" \
+        "$WORK/pytest.xml"
 }
 
 preflight() {
@@ -150,25 +154,6 @@ install_device_reqs() {
         -r requirements/device-test.txt
 }
 
-build_engine() {  # model precision
-    local model=$1 precision=$2 onnx="tests/fixtures/$1.onnx" args=()
-    [ -f "$onnx" ] || { echo "fixture $onnx not found"; return 1; }
-    if [ "$precision" = "int8" ]; then
-        if [ -f "tests/fixtures/$model.qdq.onnx" ]; then
-            args=(--int8-source qdq --qdq-onnx "tests/fixtures/$model.qdq.onnx")
-        else
-            "$VENV/bin/python" jetson/gpu_check.py calib-set --onnx "$onnx" \
-                --output "$WORK/calibration/$model.calib.npz" || return 1
-            args=(--int8-source calibrate --calib "$WORK/calibration/$model.calib.npz"
-                  --calib-cache "$WORK/calibration/$model.calib.cache")
-        fi
-    fi
-    "$VENV/bin/python" -m engines.build --onnx "$onnx" --precision "$precision" \
-        --output "$WORK/engines/$model.$precision.plan" \
-        --timing-cache "$WORK/engines/timing.cache" "${args[@]}" &&
-        test -s "$WORK/engines/$model.$precision.plan"
-}
-
 run_device_tests() {
     "$VENV/bin/python" -m pytest -m "trt or gpu" tests/device -q -rs \
         --junitxml "$WORK/pytest.xml"
@@ -191,13 +176,7 @@ step venv "preflight" make_venv
 step tensorrt "venv" install_tensorrt
 step pycuda "venv" install_pycuda
 step device-reqs "venv" install_device_reqs
-step versions "tensorrt pycuda device-reqs" "$VENV/bin/python" jetson/gpu_check.py versions \
-    --output "$WORK/versions.json"
-for model in tiny_classifier tiny_decoder; do
-    for precision in fp32 fp16 int8; do
-        step "engine-$model-$precision" "tensorrt pycuda device-reqs" \
-            build_engine "$model" "$precision"
-    done
-done
+step device-check "tensorrt pycuda device-reqs" "$VENV/bin/python" -m benchmarks.device_check \
+    --out "$WORK/device-check"
 step pytest "tensorrt pycuda device-reqs" run_device_tests
 finish

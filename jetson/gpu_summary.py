@@ -1,5 +1,6 @@
 """The GPU check's JSON summary: step records (one JSON line each, appended by gpu_check.sh as
-it goes) folded into one report, written atomically, with the pytest counts from JUnit XML.
+it goes) folded into one report, written atomically, with the versions and verdict of the
+device check it ran (benchmarks.device_check's report.json) and the pytest counts from JUnit XML.
 
 Standard library and ``common`` only: it also runs under the system python3 when the check
 failed before its venv existed.
@@ -64,7 +65,8 @@ def junit_counts(path: str | os.PathLike) -> Optional[Dict[str, int]]:
 
 
 def build_summary(steps: List[Dict[str, Any]], versions: Optional[Dict[str, Any]] = None,
-                  tests: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
+                  tests: Optional[Dict[str, int]] = None,
+                  device_check: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     failed = [s for s in steps if s["status"] == "failed"]
     return {
         "format": "jetson-toolkit/gpu-check", "version": 1,
@@ -73,20 +75,31 @@ def build_summary(steps: List[Dict[str, Any]], versions: Optional[Dict[str, Any]
         "failed_steps": [f"{s['name']}: {s.get('message', '')}" for s in failed],
         "seconds": round(sum(s["seconds"] for s in steps), 1),
         "steps": steps, "versions": versions or {}, "tests": tests,
+        "device_check": device_check,
     }
 
 
-def finalize(steps_file: str, summary_file: str, versions_file: Optional[str] = None,
+def read_device_check(path: Optional[str]) -> Optional[Dict[str, Any]]:
+    """The device check's verdict, counts and versions from its report.json (None: no report;
+    an unreadable one says so)."""
+    if not path or not Path(path).is_file():
+        return None
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError:
+        return {"report": str(path), "error": "not valid JSON", "versions": {}}
+    return {"report": str(path), "ok": report.get("ok"), "counts": report.get("counts"),
+            "failed_steps": report.get("failed_steps", []),
+            "versions": report.get("versions", {})}
+
+
+def finalize(steps_file: str, summary_file: str, device_report: Optional[str] = None,
              junit_file: Optional[str] = None) -> int:
     """Write the summary and print one line per step; 0 when every step is ok, else 1."""
-    versions: Dict[str, Any] = {}
-    if versions_file and Path(versions_file).is_file():
-        try:
-            versions = json.loads(Path(versions_file).read_text(encoding="utf-8"))
-        except ValueError:
-            versions = {"error": f"{versions_file} is not valid JSON"}
+    device_check = read_device_check(device_report)
+    versions = device_check.pop("versions") if device_check else {}
     summary = build_summary(read_steps(steps_file), versions,
-                            junit_counts(junit_file) if junit_file else None)
+                            junit_counts(junit_file) if junit_file else None, device_check)
     atomic_write_json(summary_file, summary)
     for step in summary["steps"]:
         print(f"  {step['status']:7s} {step['seconds']:7.1f} s  {step['name']}"

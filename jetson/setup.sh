@@ -4,7 +4,7 @@ set -euo pipefail
 
 usage() {
     cat <<'USAGE'
-Usage: jetson/setup.sh [--force] [--check-only] [--help]
+Usage: jetson/setup.sh [--force] [--check-only] [--print-constraints] [--help]
 
 Makes a venv on a Jetson for the device side (runtime, engines, benchmarks, device tests):
   1. refuses a machine that is not a Jetson (no /etc/nv_tegra_release, no Jetson device-tree
@@ -12,16 +12,22 @@ Makes a venv on a Jetson for the device side (runtime, engines, benchmarks, devi
   2. checks that the system Python imports JetPack's TensorRT bindings (python3-libnvinfer);
   3. creates the venv with --system-site-packages, so those bindings are used, and writes a
      pip.conf into it whose constraints (jetson/pip-constraints.txt) make any
-     `pip install tensorrt` in that venv fail: a PyPI tensorrt wheel does not match JetPack;
-  4. installs requirements/device.txt and device-test.txt (onnxruntime only if none imports);
+     `pip install tensorrt` in that venv fail: a PyPI tensorrt wheel does not match JetPack.
+     Exception: on L4T 39 or later (JetPack 7.2+) with TensorRT 11.4.1 or later, NVIDIA's SBSA
+     pip wheels (tensorrt, tensorrt-cu13*) are allowed at exactly the system's TensorRT version;
+  4. installs requirements/device.txt, serve.txt and device-test.txt (onnxruntime only if none
+     imports); on Python 3.8 (JetPack 5) binary wheels only (--only-binary=:all:), since some
+     newer releases (tokenizers) ship no cp38 aarch64 wheel and their sdist needs Rust;
   5. builds pycuda from source against the device's CUDA (CUDA_HOME, nvcc on PATH);
-  6. checks that tensorrt still comes from the system site-packages, not the venv;
+  6. checks that tensorrt still comes from the system site-packages, not the venv (or, where
+     the wheels are allowed, that the venv's wheel has the system's version);
   7. prints the module, JetPack, L4T, power mode, TensorRT, CUDA and Python versions
      (python -m jetson.state) and writes the full state to $VENV/device_state.json.
 
 Options:
   --force        set up even if this is not a Jetson (same as JETSON_SETUP_FORCE=1)
   --check-only   stop after the Jetson check (prints what was detected)
+  --print-constraints  print the pip constraints the venv would get, and stop
   --help         this text
 
 Environment variables (defaults in brackets):
@@ -35,6 +41,11 @@ Environment variables (defaults in brackets):
   JETSON_SETUP_FORCE    1 = do not refuse a machine that is not a Jetson [0]
   JETSON_SETUP_NO_TESTS 1 = skip requirements/device-test.txt (pytest, onnxruntime) [0]
   JETSON_SETUP_SKIP_PYCUDA  1 = do not build pycuda (e.g. --force on a box without CUDA) [0]
+  JETSON_SETUP_NO_SERVE 1 = skip requirements/serve.txt (tritonclient) [0]
+  JETSON_SETUP_ONLY_BINARY  1 = pip installs binary wheels only, 0 = sdists allowed; empty =
+                        wheels only on Python 3.8 [empty]
+  TENSORRT_VERSION      the system's TensorRT version, when the system Python cannot say
+                        (it decides which TensorRT pip wheel, if any, the venv accepts) [empty]
   JETSON_ROOT           filesystem root the Jetson check reads (for tests) [/]
 USAGE
 }
@@ -46,10 +57,14 @@ while [ $# -gt 0 ]; do
         -h|--help) usage; exit 0 ;;
         --force) FORCE=1 ;;
         --check-only) CHECK_ONLY=1 ;;
+        --print-constraints) CHECK_ONLY=constraints ;;
         *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
+
+# --print-constraints: the constraints alone on stdout (fd 3), every message on stderr
+if [ "$CHECK_ONLY" = "constraints" ]; then exec 3>&1 1>&2; else exec 3>&1; fi
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -85,17 +100,52 @@ else
 fi
 [ "$CHECK_ONLY" = "1" ] && exit 0
 
+# TensorRT pip wheels: refused (JetPack's bindings only), except NVIDIA's SBSA wheels from
+# TensorRT 11.4.1 on JetPack 7.2+ (L4T >= 39), at exactly the system's TensorRT version.
+l4t_major=""
+if [[ "$release" =~ R([0-9]+) ]]; then l4t_major="${BASH_REMATCH[1]}"; fi
+version_at_least() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1)" = "$2" ]; }
+system_trt="${TENSORRT_VERSION:-}"
+if [ -z "$system_trt" ] && command -v "$PYTHON" >/dev/null; then
+    system_trt="$("$PYTHON" -c 'import tensorrt; print(tensorrt.__version__)' 2>/dev/null || true)"
+fi
+if [ -z "$system_trt" ] && [ -z "$ROOT" ] && command -v dpkg-query >/dev/null; then
+    system_trt="$(dpkg-query -W -f='${Version}' tensorrt 2>/dev/null || true)"
+    system_trt="${system_trt%%-*}"  # 11.4.1.6-1+cuda13.0 -> 11.4.1.6
+fi
+TRT_WHEEL_OK=0
+if [ -n "$l4t_major" ] && [ "$l4t_major" -ge 39 ] && [ -n "$system_trt" ] &&
+        version_at_least "$system_trt" 11.4.1; then
+    TRT_WHEEL_OK=1
+fi
+TRT_WHEELS="tensorrt tensorrt-cu13 tensorrt-cu13-libs tensorrt-cu13-bindings"
+print_constraints() {
+    if [ "$TRT_WHEEL_OK" = "1" ]; then
+        echo "# jetson/setup.sh: L4T $l4t_major, TensorRT $system_trt: NVIDIA's SBSA wheels of"
+        echo "# that exact version are allowed; every other TensorRT wheel is refused."
+        grep -v -E "^($(echo "$TRT_WHEELS" | tr ' ' '|'))<0$" "$REPO/jetson/pip-constraints.txt"
+        for name in $TRT_WHEELS; do echo "${name}==${system_trt}"; done
+    else
+        cat "$REPO/jetson/pip-constraints.txt"
+    fi
+}
+if [ "$CHECK_ONLY" = "constraints" ]; then print_constraints >&3; exit 0; fi
+
 # 2. JetPack's TensorRT bindings in the system interpreter
 command -v "$PYTHON" >/dev/null || die "PYTHON=$PYTHON not found"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 8))' ||
     die "$PYTHON is older than Python 3.8"
 if ! "$PYTHON" -c 'import tensorrt' 2>/dev/null; then
-    if [ "$FORCE" != "1" ]; then
+    if [ "$TRT_WHEEL_OK" = "1" ]; then
+        say "$PYTHON cannot import tensorrt: in the venv, pip install 'tensorrt==$system_trt'" \
+            "(NVIDIA's SBSA wheel of the system's TensorRT)"
+    elif [ "$FORCE" != "1" ]; then
         die "$PYTHON cannot import tensorrt: install JetPack's bindings" \
             "(sudo apt install python3-libnvinfer, or nvidia-jetpack); this script never" \
             "pip-installs tensorrt"
+    else
+        say "warning: $PYTHON cannot import tensorrt; the TensorRT tests will skip"
     fi
-    say "warning: $PYTHON cannot import tensorrt; the TensorRT tests will skip"
 fi
 
 # 3. The venv, guarded against pip-installed TensorRT
@@ -104,19 +154,38 @@ if [ ! -x "$VENV/bin/python" ]; then
         die "could not create $VENV (Ubuntu: sudo apt install python3-venv)"
 fi
 PY="$VENV/bin/python"
-printf '[install]\nconstraint = %s\n' "$REPO/jetson/pip-constraints.txt" > "$VENV/pip.conf"
+CONSTRAINTS="$REPO/jetson/pip-constraints.txt"
+if [ "$TRT_WHEEL_OK" = "1" ]; then
+    CONSTRAINTS="$(cd "$VENV" && pwd)/pip-constraints.txt"
+    print_constraints > "$CONSTRAINTS"
+    say "TensorRT $system_trt on L4T $l4t_major: pip may install its SBSA wheels at that version"
+fi
+printf '[install]\nconstraint = %s\n' "$CONSTRAINTS" > "$VENV/pip.conf"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 "$PY" -m pip install -q --upgrade pip
 
-# 4. Device requirements (+ test tools)
-"$PY" -m pip install -q -r requirements/device.txt ${NUMPY_SPEC:+"$NUMPY_SPEC"}
+# 4. Device requirements (+ serving, + test tools). Python 3.8 (JetPack 5): wheels only, as
+# the newest tokenizers and others have no cp38 aarch64 wheel and pip would build the sdist.
+py_version="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+ONLY_BINARY="${JETSON_SETUP_ONLY_BINARY:-}"
+if [ -z "$ONLY_BINARY" ]; then
+    ONLY_BINARY=0
+    [ "$py_version" = "3.8" ] && ONLY_BINARY=1
+fi
+BINARY_FLAG="--prefer-binary"
+[ "$ONLY_BINARY" = "1" ] && BINARY_FLAG="--only-binary=:all:"
+say "Python $py_version: pip $BINARY_FLAG"
+"$PY" -m pip install -q "$BINARY_FLAG" -r requirements/device.txt ${NUMPY_SPEC:+"$NUMPY_SPEC"}
+if [ "${JETSON_SETUP_NO_SERVE:-0}" != "1" ]; then
+    "$PY" -m pip install -q "$BINARY_FLAG" -r requirements/serve.txt
+fi
 if [ "${JETSON_SETUP_NO_TESTS:-0}" != "1" ]; then
     # requirements/device-test.txt without onnxruntime: NVIDIA's onnxruntime-gpu wheel may be
     # in the system site-packages already, and PyPI's CPU onnxruntime would shadow it
     grep -v '^onnxruntime' requirements/device-test.txt > "$VENV/device-test-no-ort.txt"
-    "$PY" -m pip install -q -r "$VENV/device-test-no-ort.txt"
+    "$PY" -m pip install -q "$BINARY_FLAG" -r "$VENV/device-test-no-ort.txt"
     "$PY" -c 'import onnxruntime' 2>/dev/null ||
-        "$PY" -m pip install -q "$(grep '^onnxruntime' requirements/device-test.txt)"
+        "$PY" -m pip install -q "$BINARY_FLAG" "$(grep '^onnxruntime' requirements/device-test.txt)"
 fi
 
 # 5. pycuda against this device's CUDA
@@ -137,11 +206,19 @@ if [ "${JETSON_SETUP_SKIP_PYCUDA:-0}" != "1" ]; then
             "group? does /dev/nvhost-* or /dev/nvgpu exist?)"
 fi
 
-# 6. tensorrt must still be JetPack's
+# 6. tensorrt must still be JetPack's (or, where allowed, a wheel of the system's version)
 if trt_file="$("$PY" -c 'import tensorrt; print(tensorrt.__file__)' 2>/dev/null)"; then
     case "$trt_file" in
-        "$(cd "$VENV" && pwd)"/*) die "tensorrt in $VENV was pip-installed ($trt_file):" \
-            "pip uninstall it; JetPack's bindings must be used" ;;
+        "$(cd "$VENV" && pwd)"/*)
+            venv_trt="$("$PY" -c 'import tensorrt; print(tensorrt.__version__)' 2>/dev/null)"
+            if [ "$TRT_WHEEL_OK" != "1" ]; then
+                die "tensorrt in $VENV was pip-installed ($trt_file): pip uninstall it;" \
+                    "JetPack's bindings must be used (TensorRT pip wheels are accepted only" \
+                    "from 11.4.1 on L4T 39+)"
+            elif [ "$venv_trt" != "$system_trt" ]; then
+                die "tensorrt $venv_trt in $VENV does not match the system's TensorRT" \
+                    "$system_trt: pip install 'tensorrt==$system_trt', or uninstall it"
+            fi ;;
     esac
 fi
 

@@ -58,6 +58,30 @@ def import_pycuda(context: str, import_module=importlib.import_module):
     return cuda
 
 
+def current_cuda_device(cuda, context: str):
+    """The device of the CUDA context current in this thread (``cuda`` is pycuda.driver).
+
+    pycuda's context stack is per thread and ``pycuda.autoprimaryctx`` pushes the primary
+    context only in the thread that first imports it; in any other thread
+    ``Context.get_device()`` fails in ``cuCtxGetDevice`` with pycuda's ``LogicError``. That case
+    becomes one ToolkitError line saying what to do, whichever way it shows.
+    """
+    import threading
+
+    where = threading.current_thread().name
+    fix = (f"{context}: no CUDA context is current in thread {where!r} (pycuda.autoprimaryctx "
+           "made the GPU's primary context current only in the thread that first imported it); "
+           "open and use TensorRT sessions in that thread, or call "
+           "pycuda.autoprimaryctx.device.retain_primary_context().push() in this one first")
+    if cuda.Context.get_current() is None:
+        raise ToolkitError(fix)
+    logic_error = getattr(cuda, "LogicError", RuntimeError)
+    try:
+        return cuda.Context.get_device()
+    except logic_error as exc:
+        raise ToolkitError(f"{fix} ({_first_line(exc)})") from None
+
+
 def _first_line(exc: BaseException) -> str:
     for line in str(exc).splitlines():
         if line.strip():

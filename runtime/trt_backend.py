@@ -13,14 +13,19 @@ Opening a plan, in order: ``import tensorrt`` and pycuda (a missing one, or a CU
 no usable GPU, is a ToolkitError, not an ImportError or a pycuda traceback);
 ``engines.manifest.check_plan_file`` (plan present, manifest present, size and sha256 as built)
 and ``check_compatible`` with this TensorRT version and this GPU; ``init_libnvinfer_plugins``
-(as Polygraphy does, so a plan with a plugin layer finds its creator); only then
+(as Polygraphy does, so a plan with a plugin layer finds its creator); ``Runtime.DLA_core`` set
+to the manifest's ``build_options.dla_core`` for a DLA plan (TensorRT runs a DLA engine on the
+runtime's core, which defaults to 0 whatever the build used); only then
 ``deserialize_cuda_engine`` (None is a ToolkitError, which says so when the plugin library
 did not initialize). A plan from another TensorRT release or GPU, or a corrupt one, is refused
 with one line instead of failing inside deserialization.
 
 CUDA: the device's primary context (``pycuda.autoprimaryctx``, the one TensorRT uses), one
 non-default stream per session for copies and execution, page-locked host memory
-(``runtime.buffers.CudaArena``).
+(``runtime.buffers.CudaArena``). pycuda keeps its context stack per thread and autoprimaryctx
+pushes the primary context only in the thread that first imports it: a session opened in
+another thread is refused in one line (``runtime.buffers.current_cuda_device``) instead of
+pycuda's LogicError from ``cuCtxGetDevice``.
 
 Profiles: ONE execution context per optimization profile, each set to its profile once with
 ``set_optimization_profile_async`` when the session opens. Switching between prefill and
@@ -46,7 +51,7 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 
 from common.errors import ToolkitError
-from runtime.buffers import CudaArena, import_pycuda
+from runtime.buffers import CudaArena, current_cuda_device, import_pycuda
 from runtime.session import Binding, ProfileShapes, Session, Shape, TensorSpec
 
 # TensorRT DataType attribute -> numpy dtype; attributes absent from older releases are skipped.
@@ -121,10 +126,11 @@ class TrtSession(Session):
         trt = _import_tensorrt(path)
         cuda = _import_pycuda(path)
         self.manifest = check_plan_file(path)
-        device = cuda.Context.get_device()
+        device = current_cuda_device(cuda, f"cannot run engine {path}")
         major, minor = device.compute_capability()
         check_compatible(self.manifest, str(trt.__version__), device.name(), f"{major}.{minor}")
-        self._runtime, self._engine = _deserialize(trt, path)  # the runtime outlives the engine
+        # the runtime outlives the engine
+        self._runtime, self._engine = _deserialize(trt, path, manifest_dla_core(self.manifest))
         self._stream = cuda.Stream()
         inputs, outputs = _io_specs(trt, self._engine, path)
         profiles = [_engine_profile(self._engine, inputs, index)
@@ -228,7 +234,13 @@ class TrtSession(Session):
         self._runtime = None
 
 
-def _deserialize(trt, path: Path):
+def manifest_dla_core(manifest: Mapping) -> int | None:
+    """The DLA core a plan was built for (``build_options.dla_core``), or None for the GPU."""
+    core = (manifest.get("build_options") or {}).get("dla_core")
+    return None if core is None else int(core)
+
+
+def _deserialize(trt, path: Path, dla_core: int | None = None):
     global _LOGGER
     if _LOGGER is None:
         _LOGGER = trt.Logger(trt.Logger.WARNING)
@@ -238,6 +250,14 @@ def _deserialize(trt, path: Path):
     except (RuntimeError, TypeError) as exc:  # pybind: "factory function returned nullptr"
         raise ToolkitError(f"TensorRT could not create a runtime for {path}: {first_line(exc)} "
                            "(is the GPU usable? see TensorRT's log above)") from None
+    if dla_core is not None:
+        # IRuntime::setDLACore (the "DLA_core" property in pyCore.cpp, 8.5 .. 11.1): must be set
+        # before deserializing, or a DLA engine runs on core 0 whatever it was built for.
+        try:
+            runtime.DLA_core = dla_core
+        except (RuntimeError, TypeError) as exc:
+            raise ToolkitError(f"TensorRT could not select DLA core {dla_core} for {path}: "
+                               f"{first_line(exc)}") from None
     try:
         engine = runtime.deserialize_cuda_engine(path.read_bytes())
     except RuntimeError as exc:

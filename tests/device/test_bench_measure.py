@@ -141,3 +141,15 @@ def test_classifier_overhead_reports_median_and_spread_of_blocks(tiny_classifier
     assert row["runtime"]["count"] == row["bare"]["count"] == 12  # 3 blocks x 4, interleaved
     assert row["overhead_percent_min"] <= row["overhead_percent"] <= row["overhead_percent_max"]
     assert report["settings"]["repeats"] == 3 and row["max_abs_logit_diff"] < 1e-5
+
+
+def test_median_of_rounds_takes_medians_of_numbers_that_differ_and_keeps_the_rest():
+    from benchmarks.measure import median_of_rounds
+
+    rounds = [{"latency": [{"batch": 8, "seq": 64, "p50_ms": 3.0, "note": "a"}], "energy": None},
+              {"latency": [{"batch": 8, "seq": 64, "p50_ms": 1.0, "note": "b"}], "energy": None},
+              {"latency": [{"batch": 8, "seq": 64, "p50_ms": 2.5, "note": "c"}], "energy": None}]
+    merged = median_of_rounds(rounds)
+    point = merged["latency"][0]
+    assert point == {"batch": 8, "seq": 64, "p50_ms": 2.5, "note": "a"}
+    assert isinstance(point["batch"], int) and merged["energy"] is None

@@ -156,17 +156,28 @@ def test_parse_range_refuses_bad_ranges(text):
     ("best", "qdq", TRT_10, (True, True, False, True, False)),
     ("best", "calibrate", TRT_85, (True, True, False, False, True)),
     ("fp32", "qdq", TRT_11, (False, False, True, False, False)),  # 11: always strongly typed
+    ("fp16", "qdq", TRT_10, (True, False, False, False, False)),
 ])
 def test_precision_plan_per_tensorrt_version(precision, source, version, expected):
     plan = plan_precision(BuildOptions(precision, source), version)
     assert (plan.fp16_flag, plan.int8_flag, plan.strongly_typed, plan.use_qdq_onnx,
             plan.calibrate) == expected
+    assert not plan.use_fp16_onnx  # only TensorRT 11's fp16 parses the FP16 ONNX
+
+
+def test_fp16_on_tensorrt_11_is_strongly_typed_from_the_fp16_onnx():
+    plan = plan_precision(BuildOptions("fp16"), TRT_11)
+    assert (plan.fp16_flag, plan.int8_flag, plan.strongly_typed, plan.use_qdq_onnx,
+            plan.calibrate, plan.use_fp16_onnx) == (False, False, True, False, False, True)
+    assert plan.network_mode == "strongly-typed" and "FP16 ONNX" in plan.describe()
+    assert plan_precision(BuildOptions("fp16"), "11.4.1.6").use_fp16_onnx
+    assert plan_precision(BuildOptions("fp16"), TRT_10).network_mode == "flags"
 
 
 @pytest.mark.parametrize("precision, source, reason", [
     ("int8", "calibrate", "removed implicit INT8 calibration"),
-    ("fp16", "qdq", "no FP16 builder flag"),
-    ("best", "qdq", "no FP16 builder flag"),
+    ("best", "qdq", "no FP16/INT8 builder flags to mix"),
+    ("best", "calibrate", "no FP16/INT8 builder flags to mix"),
 ])
 def test_tensorrt_11_refusals(precision, source, reason):
     with pytest.raises(ToolkitError, match=reason):

@@ -1,5 +1,10 @@
 """Real TensorRT builds of the tiny models, checked against ONNX Runtime with Polygraphy's
-Comparator. Needs TensorRT and a GPU; skipped elsewhere (the whole module)."""
+Comparator. Needs TensorRT and a GPU; skipped elsewhere (the whole module).
+
+Steps by TensorRT version (engines/builder_config.py's table): fp16 is built from the committed
+FP16 fixture (<name>.fp16.onnx, strongly typed) on TensorRT 11 and from the FP32 graph with the
+FP16 flag on 8.5..10.x; int8 from the committed Q/DQ fixture (<name>.qdq.onnx) on every
+version; implicit INT8 calibration only where it exists (<= 10.x)."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,9 +16,12 @@ trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed: engines
                           "device (Jetson or a GPU box with TensorRT)")
 pytest.importorskip("onnxruntime", reason="onnxruntime is needed as the reference runner")
 
+import shutil  # noqa: E402
+
 from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx  # noqa: E402
 from polygraphy.backend.trt import EngineFromBytes, TrtRunner  # noqa: E402
 from polygraphy.comparator import Comparator, CompareFunc  # noqa: E402
+from tiny_data import FIXTURES  # noqa: E402
 
 from common.artifacts import load_onnx_sidecar  # noqa: E402
 from engines import trt_info  # noqa: E402
@@ -24,6 +32,15 @@ from engines.profiles import build_profiles  # noqa: E402
 
 VERSION = trt.__version__
 KV_DIM = 32  # tiny fixtures: d_model 32
+FP16_FROM_ONNX = not trt_info.has_precision_flags(VERSION)  # TensorRT 11: strongly typed
+
+
+def _variant(onnx_path, suffix):
+    """The committed <name>.<suffix>.onnx (+ sidecar) copied beside the test's model copy."""
+    name = onnx_path.name[: -len(".onnx")]
+    for ext in (".onnx", ".onnx.json"):
+        shutil.copy(FIXTURES / f"{name}.{suffix}{ext}", onnx_path.parent / f"{name}.{suffix}{ext}")
+    return onnx_path.parent / f"{name}.{suffix}.onnx"
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +83,15 @@ def test_classifier_engine_matches_onnxruntime(tiny_classifier_onnx, tmp_path, t
     profiles = build_profiles(load_onnx_sidecar(tiny_classifier_onnx), batch=(1, 2, 2),
                               seq=(1, 16, 16))
     plan = tmp_path / f"tiny.{precision}.plan"
+    fp16 = _variant(tiny_classifier_onnx, "fp16")
     manifest = build_engine(tiny_classifier_onnx, plan, _options(precision, timing_cache),
-                            profiles)
+                            profiles, fp16_onnx=fp16)
     assert timing_cache.stat().st_size > 0  # saved after the build
+    parsed = fp16 if precision == "fp16" and FP16_FROM_ONNX else tiny_classifier_onnx
+    assert manifest["network"]["file"] == str(parsed)
+    assert manifest["parse_check"].startswith("parse check:")
+    if precision == "fp16" and not FP16_FROM_ONNX:  # FP16 flag: keep_fp32 layers pinned
+        assert manifest["keep_fp32"]["applied"] == bool(manifest["keep_fp32"]["listed"])
     assert check_engine_for_this_device(plan)["precision"] == precision
     assert manifest["engine_io"]["profiles"][0]["input_ids"] == \
         {"min": [1, 1], "opt": [2, 16], "max": [2, 16]}
@@ -115,23 +138,33 @@ def _calibration_set(onnx_path, path):
     return save_calibration_set(path, batches, meta)
 
 
-def test_int8_engine_from_the_qdq_onnx(tiny_classifier_onnx, tmp_path, timing_cache):
-    pytest.importorskip("onnxruntime.quantization", reason="the Q/DQ graph is made on the host")
-    from calibration.qdq import quantize_to_qdq
-
-    calib = _calibration_set(tiny_classifier_onnx, tmp_path / "tiny.calib.npz")
-    qdq = tmp_path / "tiny_classifier.qdq.onnx"
-    quantize_to_qdq(tiny_classifier_onnx, calib, qdq, method="minmax")
-    profiles = build_profiles(load_onnx_sidecar(tiny_classifier_onnx), batch=(1, 2, 2),
-                              seq=(1, 16, 16))
-    plan = tmp_path / "tiny.int8.plan"
-    manifest = build_engine(tiny_classifier_onnx, plan, _options("int8", timing_cache),
-                            profiles, qdq_onnx=qdq)
-    assert manifest["int8"]["source"] == "qdq"
+@pytest.mark.parametrize("model", ["tiny_classifier", "tiny_decoder"])
+def test_int8_engine_from_the_committed_qdq_onnx(request, tmp_path, timing_cache, model):
+    onnx_path = request.getfixturevalue(f"{model}_onnx")
+    qdq = _variant(onnx_path, "qdq")
+    profiles = build_profiles(load_onnx_sidecar(onnx_path), batch=(1, 2, 2), seq=(1, 16, 16))
+    plan = tmp_path / f"{model}.int8.plan"
+    manifest = build_engine(onnx_path, plan, _options("int8", timing_cache), profiles,
+                            qdq_onnx=qdq)
+    assert manifest["int8"]["source"] == "qdq" and manifest["network"]["file"] == str(qdq)
     assert manifest["precision_plan"]["strongly_typed"] == trt_info.has_strongly_typed(VERSION)
-    # TensorRT and ORT both execute the same Q/DQ graph: close, not bit-equal (ORT's FP32 vs
-    # Q/DQ logits differ by about 2e-3 on these inputs).
-    assert _compare(qdq, plan, _classifier_feeds(), atol=5e-3, rtol=5e-3)
+    if model == "tiny_classifier":
+        # TensorRT and ORT both execute the same Q/DQ graph: close, not bit-equal.
+        assert _compare(qdq, plan, _classifier_feeds(), atol=5e-3, rtol=5e-3)
+
+
+@pytest.mark.skipif(not FP16_FROM_ONNX, reason=f"TensorRT {VERSION} builds fp16 with the FP16 "
+                    "flag (tested above); the FP16 ONNX is TensorRT 11's way")
+def test_fp16_engine_on_tensorrt_11_is_strongly_typed_from_the_fp16_onnx(
+        tiny_decoder_onnx, tmp_path, timing_cache):
+    fp16 = _variant(tiny_decoder_onnx, "fp16")
+    profiles = build_profiles(load_onnx_sidecar(tiny_decoder_onnx), batch=(1, 1, 2),
+                              seq=(1, 16, 16))
+    manifest = build_engine(tiny_decoder_onnx, tmp_path / "d.fp16.plan",
+                            _options("fp16", timing_cache), profiles, fp16_onnx=fp16)
+    assert manifest["network"]["mode"] == "strongly-typed"
+    assert manifest["network"]["file"] == str(fp16)
+    assert manifest["keep_fp32"]["applied"] is False
 
 
 @pytest.mark.skipif(not trt_info.has_implicit_int8(VERSION),

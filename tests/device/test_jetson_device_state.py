@@ -226,3 +226,27 @@ def test_state_cli_summary_and_bad_root(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "jetson.state", "--root", str(tmp_path / "no")],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --root")
+
+
+@pytest.mark.parametrize("l4t, jetpack", [
+    ("35.2.1", "5.1"), ("35.3.1", "5.1.1"), ("35.4.1", "5.1.2"), ("35.5.0", "5.1.3"),
+    ("35.6.0", "5.1.4"), ("35.6.1", "5.1.5"), ("35.6.2", "5.1.5"),
+    ("36.2.0", "6.0 DP"), ("36.3.0", "6.0"), ("36.4.0", "6.1"), ("36.4.3", "6.2"),
+    ("36.4.4", "6.2.1"), ("38.2.0", "7.0"), ("38.2.1", "7.0"), ("38.4.0", "7.1"),
+    ("39.2.0", "7.2"),
+])
+def test_l4t_to_jetpack_covers_every_jetpack_5_1_6_and_7_release(l4t, jetpack):
+    from jetson.device_state import jetpack_for_l4t
+
+    assert jetpack_for_l4t(l4t) == jetpack
+
+
+def test_a_jetpack_5_1_4_tree_reads_its_jetpack_from_the_table(tmp_path):
+    from jetson.device_state import jetson_info
+
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/nv_tegra_release").write_text("# R35 (release), REVISION: 6.0, GCID: 1\n")
+    (tmp_path / "proc/device-tree").mkdir(parents=True)
+    (tmp_path / "proc/device-tree/model").write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\0")
+    info = jetson_info(str(tmp_path))
+    assert (info["l4t"], info["jetpack"]) == ("35.6.0", "5.1.4")

@@ -1,5 +1,6 @@
 """jetson/gpu_check.sh where no GPU is: --help, the refusal that names the failed step in the
-JSON summary; the summary writer and the random calibration set on their own."""
+JSON summary; the summary writer (with the device check's report) and the random calibration
+set on their own."""
 from __future__ import annotations
 
 import json
@@ -46,8 +47,10 @@ def test_without_a_gpu_it_fails_naming_preflight(tmp_path):
     assert "no nvidia-smi" in summary["failed_steps"][0] or "x86_64" in summary["failed_steps"][0]
     statuses = {s["name"]: s["status"] for s in summary["steps"]}
     assert statuses["preflight"] == "failed"
-    assert statuses["engine-tiny_decoder-int8"] == "skipped" and statuses["pytest"] == "skipped"
-    assert len(statuses) == 13
+    assert statuses["device-check"] == "skipped" and statuses["pytest"] == "skipped"
+    assert list(statuses) == ["preflight", "venv", "tensorrt", "pycuda", "device-reqs",
+                              "device-check", "pytest"]
+    assert summary["device_check"] is None  # it never ran
     assert not (tmp_path / "venv").exists()  # nothing installed on a machine it cannot check
 
 
@@ -62,14 +65,17 @@ def test_summary_from_steps_and_junit(tmp_path, capsys):
     junit = tmp_path / "pytest.xml"
     junit.write_text('<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="12" '
                      'failures="1" errors="0" skipped="3" time="9.0"/></testsuites>')
-    versions = tmp_path / "versions.json"
-    versions.write_text(json.dumps({"tensorrt": "10.13.3.9"}))
+    device_report = tmp_path / "report.json"  # what benchmarks.device_check writes
+    device_report.write_text(json.dumps({"ok": True, "failed_steps": [], "versions": {
+        "tensorrt": "10.13.3.9"}, "counts": {"passed": 40, "failed": 0, "skipped": 22}}))
     summary_path = tmp_path / "out" / "summary.json"
-    assert finalize(str(steps), str(summary_path), str(versions), str(junit)) == 0
+    assert finalize(str(steps), str(summary_path), str(device_report), str(junit)) == 0
     summary = json.loads(summary_path.read_text())
     assert summary["ok"] is True and summary["seconds"] == 31.5
     assert summary["tests"] == {"tests": 12, "failed": 1, "errors": 0, "skipped": 3, "passed": 8}
     assert summary["versions"] == {"tensorrt": "10.13.3.9"}
+    assert summary["device_check"]["ok"] is True
+    assert summary["device_check"]["counts"]["skipped"] == 22
     assert "gpu check PASSED" in capsys.readouterr().out
 
 

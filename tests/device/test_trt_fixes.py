@@ -161,7 +161,7 @@ def test_build_attribute_error_from_an_old_polygraphy_names_the_floor():
         call_build_step("build e.plan from m.onnx", "0.49.9", _legacy_polygraphy_step)
     message = _one_line(info)
     assert "Polygraphy 0.49.9" in message and "int8_calibrator" in message
-    assert "polygraphy>=0.49.26" in message
+    assert "polygraphy>=0.50.3" in message
 
 
 def test_build_polygraphy_exception_and_tensorrt_runtime_error_are_one_line():
@@ -203,7 +203,9 @@ def test_polygraphy_loader_failing_for_real_becomes_one_line(tiny_classifier_onn
 @pytest.mark.parametrize("polygraphy, trt, refused", [
     ("0.49.0", "11.0.0.1", True),
     ("0.49.9", "11.1", True),
-    ("0.49.26", "11.0.0", False),
+    ("0.49.26", "11.0.0", True),  # reads layer.precision_is_set unguarded
+    ("0.49.27", "11.1", True),  # the Polygraphy in TensorRT's own v11.1 tree: same read
+    ("0.50.3", "11.0.0", False),  # first release with the try/except AttributeError guard
     ("0.53.6", "11.4.1", False),
     ("0.49.0", "10.3.0.30", False),  # the guard only matters where int8_calibrator is gone
     ("0.49.9", "8.5.2.2", False),
@@ -212,7 +214,9 @@ def test_polygraphy_floor_for_tensorrt_11(polygraphy, trt, refused):
     if refused:
         with pytest.raises(ToolkitError) as info:
             check_polygraphy(polygraphy, trt)
-        assert f"Polygraphy {polygraphy}" in _one_line(info) and ">=0.49.26" in str(info.value)
+        message = _one_line(info)
+        assert f"Polygraphy {polygraphy}" in message and ">=0.50.3" in message
+        assert "layer.precision_is_set" in message
     else:
         check_polygraphy(polygraphy, trt)
 
@@ -276,7 +280,8 @@ def test_build_cli_accepts_no_tf32(tiny_classifier_onnx, tmp_path):
 @pytest.mark.parametrize("version, has_dla", [
     ("8.5.2.2", True), ("8.6.2.3", True), ("10.3.0.30", True), ("10.13.3", True),
     ("11.0.0.1", False), ("11.3.1", False), ("11.4", False), ("11.4.0.9", False),
-    ("11.4.1", True), ("11.4.1.2", True), ("11.5.0", True), ("12.0", True),
+    ("11.4.1", True), ("11.4.1.2", True), ("11.4.3", True),
+    ("11.5.0", False), ("11.6.1", False), ("12.0", False),  # 11.5 dropped JetPack
 ])
 def test_dla_version_rule(version, has_dla):
     assert trt_info.has_dla_builds(version) is has_dla
@@ -292,6 +297,10 @@ def test_dla_version_rule(version, has_dla):
      "only on Jetson AGX Orin"),
     ("11.4.1", "NVIDIA Jetson AGX Thor Developer Kit", "7.2.2", "only on Jetson AGX Orin"),
     ("11.2.0", AGX_ORIN, "7.2.2", "builds no DLA engines"),
+    ("11.5.0", AGX_ORIN, "7.2.2", "11.5 dropped JetPack"),
+    ("11.4.2", AGX_ORIN, "7.2.2", None),
+    ("10.7.0", AGX_ORIN, "6.2", None),
+    ("8.5.2.2", "NVIDIA Jetson AGX Orin Developer Kit", "5.1", None),
     ("10.3.0", "NVIDIA Jetson Orin NX Engineering Reference Developer Kit", "6.1", None),
 ])
 def test_dla_platform_rule(version, module, jetpack, problem):
