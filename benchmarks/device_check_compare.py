@@ -24,6 +24,8 @@ import numpy as np
 
 from benchmarks.device_check import SkipStep
 from common.errors import ToolkitError
+from common.fileio import read_json
+from runtime.buffers import ALIGNMENT  # TensorRT's tensor address alignment
 
 TOLERANCES: Dict[str, Dict[str, Any]] = {
     "onnxruntime": {"probability_atol": 1e-5, "greedy_prefix": None},
@@ -34,13 +36,12 @@ TOLERANCES: Dict[str, Dict[str, Any]] = {
 MODEL_TEXTS = ["A wonderful film, the acting was superb and I loved every minute.",
                "Dull, predictable and far too long. I want my two hours back."]
 MODEL_PROMPTS = [{"prompt": "Once upon a time", "max_new_tokens": 16}]
-ALIGNMENT = 256  # TensorRT's tensor address alignment (runtime.kv_cache)
 PROBLEM_CHARS = 120  # of a table problem in a passed step's note (the fix text is long)
 
 
 def _sidecar(onnx: Path) -> Optional[Dict[str, Any]]:
     path = Path(f"{onnx}.json")
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return read_json(path, "ONNX sidecar") if path.is_file() else None
 
 
 # --- the parse check -----------------------------------------------------------------------
@@ -108,11 +109,11 @@ def classifier_reference(target, classify: Callable, ctx) -> Tuple[List[str], Li
     else ONNX Runtime's answer on the model's own ONNX (``classify`` runs the CLI)."""
     if target.reference is None:
         return MODEL_TEXTS, classify(str(target.onnx), MODEL_TEXTS, ctx)
-    reference = json.loads(target.reference.read_text(encoding="utf-8"))
+    from runtime.classify import softmax
+
+    reference = read_json(target.reference, "reference")
     labels = _sidecar(target.onnx)["labels"]
-    logits = np.asarray(reference["logits"], np.float64)  # (texts, labels)
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    probabilities = softmax(np.asarray(reference["logits"]))  # (texts, labels)
     return list(reference["texts"]), [dict(zip(labels, map(float, row)))
                                       for row in probabilities]
 
@@ -154,7 +155,7 @@ def decoder_reference(target, generate: Callable, ctx) -> Tuple[List[Dict], List
     of a fixture, else ONNX Runtime's on the model's own ONNX."""
     if target.reference is None:
         return MODEL_PROMPTS, generate(str(target.onnx), MODEL_PROMPTS, ctx)
-    greedy = json.loads(target.reference.read_text(encoding="utf-8"))["greedy"]
+    greedy = read_json(target.reference, "reference")["greedy"]
     prompts = [{"prompt": r["prompt"], "prompt_ids": r["prompt_ids"],
                 "max_new_tokens": len(r["tokens"])} for r in greedy]
     return prompts, greedy
@@ -186,7 +187,7 @@ def check_tokens(got: List[Dict], expected: List[Dict], precision: str) -> str:
 def kv_alignment_problem(plan: Path) -> Optional[str]:
     """Why the runtime cannot bind this decoder engine's KV cache at batch 1, or None: TensorRT
     needs 256-byte aligned addresses, so a KV slot (kv_dim x itemsize) must be a multiple."""
-    manifest = json.loads(Path(f"{plan}.json").read_text(encoding="utf-8"))
+    manifest = read_json(f"{plan}.json", "engine manifest")
     kv_dim = int(manifest["sidecar"]["kv_cache"]["kv_dim"])
     dtypes = {t["name"]: t["dtype"] for t in manifest["engine_io"]["tensors"]}
     itemsize = np.dtype(dtypes.get("past_key_0", "float32")).itemsize

@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional
 from benchmarks import device_check_compare as compare
 from benchmarks.device_check import ROOT, SkipStep, Step, StepContext, last_line, run_command
 from common.errors import ToolkitError
+from common.fileio import read_json
 from engines import trt_info
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -66,7 +67,7 @@ def find_targets(directory: Path, pattern: str, origin: str) -> List[Target]:
         sidecar = Path(f"{onnx}.json")
         if onnx.name.endswith(VARIANTS) or not sidecar.is_file():
             continue
-        kind = json.loads(sidecar.read_text(encoding="utf-8")).get("kind", "unknown")
+        kind = read_json(sidecar, "ONNX sidecar").get("kind", "unknown")
         targets.append(Target(onnx.name[:-len(".onnx")], onnx, kind, origin))
     return targets
 
@@ -143,7 +144,7 @@ class DeviceCheck:
         output = self.out / "work" / f"{ctx.name}.json"
         output.parent.mkdir(parents=True, exist_ok=True)
         run_command(ctx, [self.python, "-m", WORKERS, command, *args, "--output", str(output)])
-        return json.loads(output.read_text(encoding="utf-8"))
+        return read_json(output, f"{command} worker output")
 
     # -- versions and probes ----------------------------------------------------------------
     def _versions(self, ctx: StepContext) -> str:
@@ -163,7 +164,7 @@ class DeviceCheck:
 
     def _gpu(self, ctx: StepContext) -> str:
         gpu, why = self.found.get("gpu"), self.found.get("gpu_error") or ""
-        if gpu is None and "not importable" in why:
+        if gpu is None and self.found.get("pycuda_missing"):
             raise SkipStep(f"no GPU through pycuda: {why}")
         if gpu is None:
             raise ToolkitError(why)
@@ -196,7 +197,7 @@ class DeviceCheck:
             args += ["--opt-level", str(BUILD_OPT_LEVEL)]
         args += self._precision_args(target, precision, ctx)
         run_command(ctx, args)
-        manifest = json.loads(Path(f"{plan}.json").read_text(encoding="utf-8"))
+        manifest = read_json(f"{plan}.json", "engine manifest")
         self.engines[f"{target.name}-{precision}"] = plan
         network = manifest.get("network") or {}
         return (f"{plan.name}: {manifest['precision_plan']['summary']}"
@@ -267,14 +268,15 @@ class DeviceCheck:
 
     def _bench(self, target: Target, precision: str, ctx: StepContext) -> str:
         plan = self._plan_of(target, precision)
-        if target.kind == "decoder" and compare.kv_alignment_problem(plan):
-            raise SkipStep(compare.kv_alignment_problem(plan))
+        problem = compare.kv_alignment_problem(plan) if target.kind == "decoder" else None
+        if problem:
+            raise SkipStep(problem)
         output = self.out / "bench" / f"{target.name}.{precision}.json"
         shape = (["--seq", "16", "--iterations", "20"] if target.kind == "classifier" else
                  ["--seq", "8", "--new-tokens", "16", "--iterations", "3"])
         run_command(ctx, [self.python, "runtime/bench.py", "--engine", str(plan), "--batch", "1",
                           "--warmup", "2", *shape, "--output", str(output)])
-        return compare.bench_summary(json.loads(output.read_text(encoding="utf-8")))
+        return compare.bench_summary(read_json(output, "bench output"))
 
     # -- Triton and the regression check ----------------------------------------------------
     def _triton(self, ctx: StepContext) -> str:

@@ -13,7 +13,6 @@ step instead of the whole run, and so a timeout can kill it.
 from __future__ import annotations
 
 import importlib
-import json
 import platform
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -21,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import click
 
 from common.errors import exit_on_toolkit_error
-from common.fileio import atomic_write_json
+from common.fileio import atomic_write_json, read_json
 
 # (report label, module, attribute holding its version)
 VERSIONED_MODULES = (("tensorrt", "tensorrt", "__version__"), ("pycuda", "pycuda", "VERSION_TEXT"),
@@ -47,11 +46,11 @@ def versions() -> Dict[str, Any]:
 
     device = trt_info.device_summary()
     found["cuda"] = (device.get("device_state") or {}).get("cuda")
-    gpu, gpu_error = _pycuda_gpu()
+    gpu, gpu_error, pycuda_missing = _pycuda_gpu()
     if gpu:
         found["cuda_driver"] = gpu.pop("cuda_driver")
     return {"versions": found, "errors": errors, "gpu": gpu, "gpu_error": gpu_error,
-            "device": device}
+            "pycuda_missing": pycuda_missing, "device": device}
 
 
 def _distribution_version(name: str) -> Optional[str]:
@@ -64,20 +63,21 @@ def _distribution_version(name: str) -> Optional[str]:
 
 
 def _pycuda_gpu():
-    """(GPU 0 as pycuda sees it, None) or (None, why not)."""
+    """(GPU 0 as pycuda sees it, None, False) or (None, why not, whether pycuda is missing:
+    a skip, where a pycuda that loads but cannot use the GPU is a failure)."""
     try:
         import pycuda.driver as cuda
     except Exception as exc:  # noqa: BLE001
-        return None, f"pycuda is not importable ({type(exc).__name__}: {exc})"
+        return None, f"pycuda is not importable ({type(exc).__name__}: {exc})", True
     try:
         cuda.init()
         device = cuda.Device(0)
         return {"name": device.name(),
                 "compute_capability": "{}.{}".format(*device.compute_capability()),
                 "memory_mib": device.total_memory() // 2**20,
-                "cuda_driver": str(cuda.get_driver_version())}, None
+                "cuda_driver": str(cuda.get_driver_version())}, None, False
     except Exception as exc:  # noqa: BLE001 - cuda.Error, or a driver/library mismatch
-        return None, f"pycuda cannot use GPU 0 ({type(exc).__name__}: {exc})"
+        return None, f"pycuda cannot use GPU 0 ({type(exc).__name__}: {exc})", False
 
 
 def parse(onnx_path: Path) -> Dict[str, Any]:
@@ -145,7 +145,7 @@ def parse_cmd(onnx_path: Path, output: Path) -> None:
 @click.option("--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @exit_on_toolkit_error
 def generate_cmd(model: str, prompts_file: Path, output: Path) -> None:
-    prompts = json.loads(prompts_file.read_text(encoding="utf-8"))
+    prompts = read_json(prompts_file, "prompts file")
     atomic_write_json(output, generate(model, prompts))
 
 

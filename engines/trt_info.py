@@ -13,6 +13,7 @@ import subprocess
 from typing import Any, Dict, Tuple
 
 from common.errors import ToolkitError
+from common.trt_onnx import version_tuple as parse_version  # the parse table's parser too
 from jetson import device_state
 from jetson.device_state import (  # noqa: F401  (the engines' names for them)
     module_has_no_dla,
@@ -21,21 +22,6 @@ from jetson.device_state import (  # noqa: F401  (the engines' names for them)
 )
 
 UNKNOWN = "unknown"
-
-
-def parse_version(version: str) -> Tuple[int, ...]:
-    """``"10.3.0.30"`` -> ``(10, 3, 0, 30)``; non-numeric tails (``"8.6.2.3-1"``) dropped."""
-    parts = []
-    for piece in str(version).split("."):
-        match = re.match(r"\d+", piece)
-        if not match:
-            break
-        parts.append(int(match.group()))
-        if match.group() != piece:  # "3-1+cuda12" ends the version
-            break
-    if not parts:
-        raise ToolkitError(f"TensorRT version {version!r} is not a dotted version number")
-    return tuple(parts)
 
 
 def at_least(version: str, minimum: Tuple[int, ...]) -> bool:
@@ -107,7 +93,6 @@ def dla_platform_problem(version: str, module: str | None, jetpack: str | None) 
 # so every build fails with an AttributeError. 0.50.3 is the first release that guards both
 # (try/except AttributeError, and fail_unavailable for the calibrator).
 POLYGRAPHY_FLOOR = (0, 50, 3)
-POLYGRAPHY_FOR_TRT11 = POLYGRAPHY_FLOOR
 
 
 def polygraphy_problem(polygraphy_version: str, trt_version: str) -> str | None:
@@ -115,9 +100,9 @@ def polygraphy_problem(polygraphy_version: str, trt_version: str) -> str | None:
     if not at_least(trt_version, (11,)):
         return None
     found = _version_or_none(polygraphy_version)
-    if found is None or found[:3] >= POLYGRAPHY_FOR_TRT11:
+    if found is None or found[:3] >= POLYGRAPHY_FLOOR:
         return None
-    floor = ".".join(map(str, POLYGRAPHY_FOR_TRT11))
+    floor = ".".join(map(str, POLYGRAPHY_FLOOR))
     return (f"Polygraphy {polygraphy_version} cannot build with TensorRT {trt_version} (it reads "
             f"layer.precision_is_set and config.int8_calibrator, which TensorRT 11 removed): "
             f"pip install 'polygraphy>={floor}'")

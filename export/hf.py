@@ -86,20 +86,17 @@ def export_hf(model_dir: str | Path, output: str | Path, *, task: str | None = N
         if check_parity:
             parity = run_parity(loaded, spec, path, max_batch, parity_texts, greedy_tokens)
             parity["seconds"] = time.perf_counter() - started - export_seconds
-        from export.preflight import preflight_report
-
-        preflight = preflight_report(path)
-        target_fields = tensorrt_fields(path, trt_target)
+        graph_fields = tensorrt_fields(path, trt_target)
         onnx_bytes = path.read_bytes()
         # The folder's tokenizer.json with padding and truncation switched off (hf_load).
         tokenizer_copy = Path(tmp) / "tokenizer.json"
         tokenizer_copy.write_text(loaded.tokenizer.to_str(pretty=False), encoding="utf-8")
         sidecar = build_sidecar(loaded, spec, output, onnx_bytes, topk, opset, max_batch)
-        sidecar.update(simplifier=simplifier, simplifier_note=note, preflight=preflight,
+        sidecar.update(simplifier=simplifier, simplifier_note=note,
                        export_seconds=export_seconds, parity=parity,
                        tokenizer_sha256=sha256_file(tokenizer_copy),
                        tokenizer_source_sha256=sha256_file(loaded.tokenizer_path),
-                       **target_fields)
+                       **graph_fields)
         write_artifacts(output, onnx_bytes, tokenizer_copy, sidecar)
     return output
 

@@ -89,14 +89,11 @@ def export_checkpoint(
             parity = run_parity(ckpt.model, final, ckpt.config, max_batch, tokenizer,
                                 parity_texts, greedy_tokens)
             parity["seconds"] = time.perf_counter() - started - export_seconds
-        from export.preflight import preflight_report
-
-        preflight = preflight_report(final)
-        target_fields = tensorrt_fields(final, trt_target)
+        graph_fields = tensorrt_fields(final, trt_target)
         onnx_bytes = final.read_bytes()
     sidecar = build_sidecar(ckpt, tokenizer, output, onnx_bytes, topk, opset, max_batch)
     sidecar.update(simplifier=simplifier, simplifier_note=note, export_seconds=export_seconds,
-                   parity=parity, preflight=preflight, **target_fields)
+                   parity=parity, **graph_fields)
     write_artifacts(output, onnx_bytes, ckpt.tokenizer_path, sidecar)
     return output
 
@@ -141,16 +138,20 @@ def trace_checked(wrapper, path: Path, inputs, outputs, opset: int, simplify: bo
 
 
 def tensorrt_fields(onnx_path: Path, trt_target: str) -> Dict[str, Any]:
-    """The sidecar's ``tensorrt_target``, ``keep_fp32`` (found in the final graph by pattern)
-    and ``tensorrt_parse`` (``common.trt_onnx.parse_report``) of a checked graph."""
+    """The sidecar's ``preflight``, ``tensorrt_target``, ``keep_fp32`` (found in the final graph
+    by pattern) and ``tensorrt_parse`` (``common.trt_onnx.parse_report``) of a checked graph;
+    the graph's parse facts are read once, for the pre-flight verdicts and the sidecar alike."""
     import onnx
 
     from common.trt_onnx import parse_report
     from export.norm_graph import keep_fp32_record, tensorrt_target
+    from export.preflight import preflight_report
 
-    return {"tensorrt_target": tensorrt_target(trt_target),
+    parse = parse_report(onnx_path)
+    return {"preflight": preflight_report(onnx_path, parse),
+            "tensorrt_target": tensorrt_target(trt_target),
             "keep_fp32": keep_fp32_record(onnx.load(str(onnx_path)).graph),
-            "tensorrt_parse": parse_report(onnx_path)}
+            "tensorrt_parse": parse}
 
 
 def build_sidecar(ckpt, tokenizer, output: Path, onnx_bytes: bytes, topk: int, opset: int,

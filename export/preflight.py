@@ -56,8 +56,12 @@ def load_onnx(path: str | os.PathLike):
         raise ToolkitError(f"{path} is not a readable ONNX model ({first})") from None
 
 
-def preflight_report(onnx_path: str | os.PathLike) -> Dict[str, Any]:
-    """The report as a JSON-ready dict (stored in the sidecar under ``preflight``)."""
+def preflight_report(onnx_path: str | os.PathLike,
+                     parse: Dict[str, Any] | None = None) -> Dict[str, Any]:
+    """The report as a JSON-ready dict (stored in the sidecar under ``preflight``).
+
+    parse: ``common.trt_onnx.parse_report`` of this file when the caller has it already (the
+    exporters store it in the sidecar too), so the graph's facts are not read twice."""
     model = load_onnx(onnx_path)
     graph = model.graph
     histogram = Counter(node.op_type for node in graph.node)
@@ -66,13 +70,14 @@ def preflight_report(onnx_path: str | os.PathLike) -> Dict[str, Any]:
     inputs = [_tensor_info(v) for v in graph.input]
     outputs = [_tensor_info(v) for v in graph.output]
     opset = _default_opset(model)
-    from common.trt_onnx import graph_facts, load_table, verdicts
+    from common.trt_onnx import load_table, parse_report
 
     entries = load_table()["entries"]
+    parse = parse if parse is not None else parse_report(onnx_path)
     return {
         "opset": opset,
         "opset_ceilings": {key: entry["max_opset"] for key, entry in entries.items()},
-        "tensorrt_verdicts": verdicts(graph_facts(onnx_path)),
+        "tensorrt_verdicts": parse["verdicts"],
         "nodes": len(graph.node),
         "op_histogram": dict(sorted(histogram.items())),
         "inputs": inputs,
