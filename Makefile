@@ -35,7 +35,8 @@ DEMO_STORIES_ARGS ?= --epochs 2 --d-model 128 --n-layers 2 --n-heads 4 --d-ff 25
 
 .PHONY: setup demo train-imdb train-stories validate generate onnx calibrate engine bench test \
 	test-device fixtures gpu-check device-check jetson-setup triton-repo \
-	test-triton triton-server bench-all bench-peers baseline regress export-hf lint clean
+	test-triton triton-server bench-all bench-peers baseline regress export-hf lint clean \
+	demo-features train-features train-run
 
 setup: $(STAMP)
 
@@ -108,6 +109,55 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# Continuous features end to end on the generated noisy-wave sample (train.feature_sample):
+# train -> export (normalization in the graph) -> calibrate + INT8 gate -> classify with the
+# runtime (ONNX Runtime) -> the same windows through the bundled tritonserver (CPU, python
+# backend), compared with the runtime. FEATURES_DATA=folder with train/valid/test .npz files.
+FEATURES_NAME ?= waves
+FEATURES_DATA ?= data/features_sample
+FEATURES_TRITON_REPO ?= triton_models/features
+FEATURES_PORT ?= 8030
+DEMO_FEATURES_ARGS ?=
+FN = $(FEATURES_NAME)
+# Your own feature data (FEATURES_DATA=folder of train/valid/test .npz|.csv|.parquet), and any
+# run described by a config file (configs/*.toml; torchrun works with both, see README).
+CONFIG ?= configs/features.toml
+train-features: setup
+	$(PY) -m train.features --data $(FEATURES_DATA) --out-dir checkpoints/$(FN) $(EPOCH_ARG) $(TRAIN_ARGS)
+
+train-run: setup
+	$(PY) -m train.run --config $(CONFIG)
+
+demo-features: setup
+	@echo "== demo-features: sample, train, export, calibrate + gate, classify, bench, triton =="
+	test -f $(FEATURES_DATA)/train.npz || $(PY) -m train.feature_sample --out $(FEATURES_DATA)
+	$(PY) -m train.features --data $(FEATURES_DATA) --out-dir checkpoints/$(FN) \
+		$(DEMO_FEATURES_ARGS) $(TRAIN_ARGS)
+	$(PY) -m export.onnx_model --checkpoint checkpoints/$(FN)/best.pt --output models/$(FN).onnx \
+		--trt-target $(TRT)
+	$(PY) -m calibration.dataset --onnx models/$(FN).onnx --data $(FEATURES_DATA)/train.npz \
+		--output calibration/$(FN).calib.npz
+	$(PY) -m calibration.qdq --onnx models/$(FN).onnx --calib calibration/$(FN).calib.npz \
+		--output models/$(FN).qdq.onnx
+	$(PY) -m calibration.fp16 --onnx models/$(FN).onnx --output models/$(FN).fp16.onnx
+	$(PY) -m calibration.gate --fp32 models/$(FN).onnx --int8 models/$(FN).qdq.onnx \
+		--data $(FEATURES_DATA)/test.npz --report reports/$(FN).int8.json --fp16 \
+		--max-drop $(DEMO_MAX_DROP)
+	@mkdir -p results
+	$(PY) runtime/classify.py --model models/$(FN).onnx --features $(FEATURES_DATA)/test.npz \
+		--batch-size 32 > results/$(FN).classify.txt && tail -n 3 results/$(FN).classify.txt
+	$(PY) runtime/bench.py --model models/$(FN).onnx --batch 1,8 --seq 32,128 --iterations 20
+	$(PY) -m triton_repo.build --target cpu --output $(FEATURES_TRITON_REPO) \
+		--features-model models/$(FN).onnx --force
+	@eval "$$($(PY) -m triton_repo.dev_server)" && pidfile=$$(mktemp) && \
+	TRITON_HTTP_PORT=$(FEATURES_PORT) TRITON_GRPC_PORT=$$(($(FEATURES_PORT) + 1)) \
+	TRITON_METRICS_PORT=$$(($(FEATURES_PORT) + 2)) \
+		jetson/run_triton.sh --background $$pidfile $(FEATURES_TRITON_REPO) >/dev/null && \
+	{ $(PY) -m triton_repo.feature_client --url 127.0.0.1:$(FEATURES_PORT) \
+		--features $(FEATURES_DATA)/test.npz --compare models/$(FN).onnx \
+		> results/$(FN).triton.txt; status=$$?; tail -n 3 results/$(FN).triton.txt; \
+	  kill $$(cat $$pidfile); rm -f $$pidfile; exit $$status; }
 
 # A Triton model repository from the artifacts: TRITON_TARGET=cpu serves the ONNX files through
 # ONNX Runtime (python backend), TRITON_TARGET=jetson the TensorRT plan (make engine first).

@@ -8,6 +8,10 @@ loss come from exactly the gate's code, for every row of the suite. Added here: 
 for the decoder (the loss scaled by the evaluated windows' tokens per UTF-8 byte, as
 ``train.evaluate`` scales it by the stream's).
 
+Heads (the sidecar's ``head``): a single-label head's accuracy is its top logit's; a multi-label
+head's is its top sigmoid's (the same label: sigmoid is monotone) against the split's one label;
+a regression head (num_labels 1) has no accuracy on class labels and is refused.
+
 The evaluation split is tokenized by ``calibration.gate.load_eval_data``, which reads the text
 through ``train.data`` (pure Python, no torch). A device without the data can read the same
 rows from an ``.eval.npz`` written on the host (``save_eval_set`` / ``load_eval_set``).
@@ -56,6 +60,8 @@ def load_eval(onnx_path, data_source: str, split: str | None = None,
     from common.artifacts import load_onnx_sidecar
 
     sidecar = load_onnx_sidecar(onnx_path)
+    if sidecar["kind"] == "classifier":
+        check_head(sidecar)  # before the split is read and tokenized
     return gate.load_eval_data(onnx_path, sidecar, data_source, split, max_samples)
 
 
@@ -70,6 +76,7 @@ def evaluate(adapter: GateAdapter, data, sidecar: Dict[str, Any],
     from calibration import gate
 
     if data.kind == "classifier":
+        check_head(sidecar)
         logits = gate.classifier_logits(adapter, data)
         metrics = gate.classification_metrics(logits["logits"], data.labels, data.label_names)
         return {"metric": "accuracy", "accuracy": metrics["accuracy"],
@@ -83,6 +90,17 @@ def evaluate(adapter: GateAdapter, data, sidecar: Dict[str, Any],
         per_byte = tokens_per_byte(data, tokenizer_file)
         out["bits_per_byte"] = result["loss"] / math.log(2) * per_byte
     return out
+
+
+def check_head(sidecar: Dict[str, Any]) -> str:
+    """The classifier head's problem type, if accuracy means something for it."""
+    from common.artifacts import head_rules
+
+    problem = head_rules(sidecar)["problem_type"]
+    if problem == "regression":
+        raise ToolkitError("accuracy of a regression head (num_labels 1: one raw score per text) "
+                           "is not defined on class labels; evaluate it with its own metric")
+    return problem
 
 
 def tokens_per_byte(data, tokenizer_file: str | Path) -> float:

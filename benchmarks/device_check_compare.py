@@ -104,18 +104,35 @@ def _verdict(ok: bool, problems: List[str]) -> str:
 
 
 # --- classifier outputs --------------------------------------------------------------------
-def classifier_reference(target, classify: Callable, ctx) -> Tuple[List[str], List[Dict]]:
-    """(texts, expected probabilities per text): the committed PyTorch logits of a fixture,
-    else ONNX Runtime's answer on the model's own ONNX (``classify`` runs the CLI)."""
+def classifier_reference(target, classify: Callable, ctx) -> Tuple[Any, List[Dict]]:
+    """(inputs, expected probabilities per input): the committed PyTorch logits of a fixture,
+    else ONNX Runtime's answer on the model's own ONNX (``classify`` runs the CLI). Inputs are
+    texts, or for a feature classifier the path of its windows (``<stem>.npz`` beside it)."""
+    inputs = feature_windows(target)
+    if inputs is None:
+        inputs = MODEL_TEXTS if target.reference is None else None
     if target.reference is None:
-        return MODEL_TEXTS, classify(str(target.onnx), MODEL_TEXTS, ctx)
+        return inputs, classify(str(target.onnx), inputs, ctx)
     from runtime.classify import softmax
 
     reference = read_json(target.reference, "reference")
     labels = _sidecar(target.onnx)["labels"]
-    probabilities = softmax(np.asarray(reference["logits"]))  # (texts, labels)
-    return list(reference["texts"]), [dict(zip(labels, map(float, row)))
-                                      for row in probabilities]
+    probabilities = softmax(np.asarray(reference["logits"]))  # (inputs, labels)
+    if inputs is None:
+        inputs = list(reference["texts"])
+    return inputs, [dict(zip(labels, map(float, row))) for row in probabilities]
+
+
+def feature_windows(target) -> Optional[Path]:
+    """A feature classifier's windows (``<stem>.npz`` beside its ONNX); None for a text one."""
+    sidecar = _sidecar(target.onnx) or {}
+    if sidecar.get("input_kind") != "features":
+        return None
+    windows = target.onnx.with_suffix(".npz")
+    if not windows.is_file():
+        raise SkipStep(f"{target.onnx.name} takes features; no {windows.name} of windows "
+                       "beside it to classify")
+    return windows
 
 
 def probabilities_from_cli(stdout: str) -> List[Dict[str, float]]:

@@ -242,9 +242,11 @@ class DeviceCheck:
         got = self._classify_cli(model, texts, ctx)
         return compare.check_probabilities(got, expected, precision)
 
-    def _classify_cli(self, model: str, texts: List[str], ctx: StepContext):
+    def _classify_cli(self, model: str, texts, ctx: StepContext):
+        """texts: a list of texts, or the Path of a feature classifier's windows (.npz)."""
+        inputs = ["--features", str(texts)] if isinstance(texts, Path) else list(texts)
         out = run_command(ctx, [self.python, "runtime/classify.py", "--model", model, "--json",
-                                *texts])
+                                *inputs])
         return compare.probabilities_from_cli(out)
 
     def _generate(self, target: Target, precision: str, ctx: StepContext) -> str:

@@ -7,12 +7,16 @@
 ``imdb`` ensemble (batch 1 per request, as a single-stream edge client does: batching them is
 the server's dynamic batcher's job) for ``--duration`` seconds; at the same time ``--streams``
 threads each stream stories from ``tinystories_generate`` over gRPC, one after another, until
-the deadline. Reported: requests/s and p50/p99/mean latency of the classify requests, streams
-and tokens/s with the time to first token, every failed request (a failure is never retried
-or hidden: any makes the command exit 2), and the resident memory of the server and of its
-python backend stubs (``/proc/<pid>/status`` VmRSS of the server and its descendants) before
-and after. Texts are generated review-like ones of 5..120 words, or ``--reviews FILE`` (real
-reviews). ``run_load`` is the library entry the tests call with short settings.
+the deadline. Each thread connects and checks its model once, before the clock starts; a
+request's time, and a stream's time to first token, run from sending it. Every call has a
+timeout (``--timeout``), so a stalled server fails the run instead of hanging its threads.
+Reported: requests/s and p50/p99/mean latency of the classify requests, streams and tokens/s
+with the time to first token, every failed request (a failure is never retried or hidden: any
+makes the command exit 2), and the resident memory of the server and of its python backend
+stubs (``/proc/<pid>/status`` VmRSS of the server and its descendants) before and after. In
+container mode run_triton.sh's pid is the docker client's: pass ``--container NAME`` instead
+(a container client's pid is refused). Texts are generated review-like ones of 5..120 words,
+or ``--reviews FILE`` (real reviews). ``run_load`` is the library entry the tests call.
 """
 from __future__ import annotations
 
@@ -24,7 +28,9 @@ if __package__ in (None, ""):  # run by path: the repository root replaces bench
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
     sys.path.insert(0, os.path.dirname(_HERE))
 
+import functools
 import json
+import os
 import random
 import threading
 import time
@@ -84,19 +90,73 @@ def _rss_kib(pid: int) -> Optional[int]:
     return None
 
 
+# Processes that stand for a server they do not contain: a container client (the pid that
+# run_triton.sh prints in container mode) and a container's init (docker run --init).
+CONTAINER_CLIENTS = ("docker", "podman", "nerdctl")
+INIT_PROCESSES = ("docker-init", "tini", "catatonit", "dumb-init")
+
+
+def _comm(pid: int) -> Optional[str]:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
+def _children(pid: int) -> List[int]:
+    children: List[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children.extend(int(c) for c in (task / "children").read_text().split())
+        except OSError:
+            continue
+    return children
+
+
 def _descendants(pid: int) -> List[int]:
     found: List[int] = []
     todo = [pid]
     while todo:
-        parent = todo.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                children = [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            found.extend(children)
-            todo.extend(children)
+        children = _children(todo.pop())
+        found.extend(children)
+        todo.extend(children)
     return found
+
+
+def server_process(pid: int, what: str = "--server-pid") -> int:
+    """The tritonserver process for ``pid``: itself, or the only child of a container's init.
+    ToolkitError for a container client: its memory is not the server's (the server runs in
+    the container, under the container runtime, not under the client)."""
+    comm = _comm(pid)
+    if comm is None:
+        raise ToolkitError(f"{what} {pid}: no /proc/{pid} (not running here?)")
+    if comm in CONTAINER_CLIENTS:
+        raise ToolkitError(f"{what} {pid} is the {comm} client of a container, not tritonserver: "
+                           f"pass --container NAME (docker ps) to measure the server inside it")
+    if comm in INIT_PROCESSES:
+        children = _children(pid)
+        if len(children) == 1:
+            return children[0]
+    return pid
+
+
+def container_pid(container: str, docker: str = "docker") -> int:
+    """The host pid of ``container``'s server: ``docker inspect -f {{.State.Pid}}``, past its
+    init process."""
+    import subprocess
+
+    try:
+        done = subprocess.run([docker, "inspect", "-f", "{{.State.Pid}}", container],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ToolkitError(f"--container {container}: {docker} inspect: {exc}") from None
+    answer = (done.stdout.strip() or done.stderr.strip()).splitlines()
+    if done.returncode != 0 or not answer or not answer[0].isdigit():
+        raise ToolkitError(f"--container {container}: {docker} inspect: "
+                           f"{answer[0] if answer else f'exit {done.returncode}'}")
+    if int(answer[0]) == 0:
+        raise ToolkitError(f"--container {container}: not running ({docker} inspect: pid 0)")
+    return server_process(int(answer[0]), f"--container {container}: pid")
 
 
 def server_memory(pid: Optional[int]) -> Optional[Dict[str, float]]:
@@ -120,58 +180,83 @@ class _Tally:
         self.failures: List[str] = []
         self.streams = 0
         self.tokens = 0
-        self.first_token_ms: List[float] = []
+        self.first_token_ms: List[float] = []  # from opening the request's stream
         self.stream_failures: List[str] = []
 
 
-def _classify_worker(url: str, protocol: str, texts: Sequence[str], offset: int,
-                     deadline: float, tally: _Tally) -> None:
-    from triton_repo.client import ClassifierClient
+class _Clock:
+    """The shared start: each worker connects and checks its model in its own thread (an HTTP
+    client belongs to the thread that made it: gevent), then waits at the barrier; the clock
+    starts once all are connected, so no request pays for connecting and checking."""
 
+    def __init__(self, workers: int, duration_s: float) -> None:
+        self.duration_s = duration_s
+        self.start = self.deadline = 0.0
+        self.connect_failures: List[str] = []
+        self.barrier = threading.Barrier(workers, action=self._start)
+
+    def _start(self) -> None:  # run once, by the last worker to arrive, before any goes on
+        self.start = time.perf_counter()
+        self.deadline = self.start + (0.0 if self.connect_failures else self.duration_s)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+def _worker(make_client, loop, clock: _Clock, *args) -> None:
+    """Connect (before the clock), wait for all, run ``loop(client, *args, deadline)``, close."""
     try:
-        client = ClassifierClient(url, protocol)
-    except Exception as exc:  # counted as a failure and reported: the run then exits 2
-        tally.failures.append(f"connect: {exc}")
+        client = make_client()
+    except Exception as exc:  # reported by run_load as one line; the run stops at once
+        clock.connect_failures.append(_one_line(exc))
+        clock.barrier.wait()
         return
-    i = offset
     try:
-        while time.perf_counter() < deadline:
-            text = texts[i % len(texts)]
-            i += 1
-            start = time.perf_counter()
-            try:
-                (prediction,) = client.classify([text])
-                if prediction.probabilities.size < 2:
-                    raise ToolkitError(f"PROBABILITIES of shape {prediction.probabilities.shape}")
-            except Exception as exc:  # counted and reported, never hidden
-                tally.failures.append(str(exc))
-                continue
-            tally.latencies_ms.append((time.perf_counter() - start) * 1e3)
+        clock.barrier.wait()
+        loop(client, *args, clock.deadline)
     finally:
         client.close()
 
 
-def _stream_worker(url: str, prompts: Sequence[str], offset: int, max_new_tokens: int,
-                   deadline: float, tally: _Tally) -> None:
-    from triton_repo.client import generate
-
+def _classify_loop(client, texts: Sequence[str], offset: int, tally: _Tally,
+                   deadline: float) -> None:
     i = offset
     while time.perf_counter() < deadline:
-        prompt = prompts[i % len(prompts)]
+        text = texts[i % len(texts)]
         i += 1
         start = time.perf_counter()
+        try:
+            (prediction,) = client.classify([text])
+            if prediction.probabilities.size < 2:
+                raise ToolkitError(f"PROBABILITIES of shape {prediction.probabilities.shape}")
+        except Exception as exc:  # counted and reported, never hidden
+            tally.failures.append(_one_line(exc))
+            continue
+        tally.latencies_ms.append((time.perf_counter() - start) * 1e3)
+
+
+def _stream_loop(client, prompts: Sequence[str], offset: int, max_new_tokens: int,
+                 tally: _Tally, deadline: float) -> None:
+    from triton_repo.client import generation_inputs
+
+    requests = [generation_inputs(prompt, max_new_tokens=max_new_tokens) for prompt in prompts]
+    i = offset
+    while time.perf_counter() < deadline:
+        inputs = requests[i % len(requests)]
+        i += 1
         first: Optional[float] = None
         tokens = 0
         try:
-            for event in generate(url, prompt, max_new_tokens=max_new_tokens):
+            for event in client.stream(inputs):
                 if event.token_id is not None:
                     tokens += 1
-                    if first is None:
-                        first = (time.perf_counter() - start) * 1e3
+                    if first is None:  # from the request's send (client.sent_at), no checks
+                        first = (time.perf_counter() - client.sent_at) * 1e3
                 if event.final and event.stop_reason not in ("eos", "max_new_tokens", "context"):
                     raise ToolkitError(f"unknown stop reason {event.stop_reason!r}")
         except Exception as exc:  # counted and reported, never hidden
-            tally.stream_failures.append(str(exc))
+            tally.stream_failures.append(_one_line(exc))
             continue
         tally.streams += 1
         tally.tokens += tokens
@@ -183,15 +268,23 @@ def run_load(http_url: str, grpc_url: str, clients: int = 8, streams: int = 2,
              duration_s: float = 20.0, protocol: str = "http", server_pid: Optional[int] = None,
              max_new_tokens: int = 64, texts: Optional[Sequence[str]] = None,
              prompts: Sequence[str] = ("Once upon a time", "The little dog", "One day, a girl"),
-             wait_s: float = 30.0) -> Dict[str, Any]:
+             wait_s: float = 30.0, timeout_s: float = 60.0) -> Dict[str, Any]:
     """Run the load for ``duration_s``; return the figures (see the module docstring)."""
     from runtime.bench import latency_stats
-    from triton_repo.client import CLASSIFIER_MODEL, GENERATOR_MODEL, wait_until_ready
+    from triton_repo.client import (
+        CLASSIFIER_MODEL,
+        GENERATOR_MODEL,
+        ClassifierClient,
+        StreamClient,
+        wait_until_ready,
+    )
 
     if clients < 0 or streams < 0 or clients + streams == 0:
         raise ToolkitError(f"--clients {clients} --streams {streams}: expected at least one")
     if duration_s <= 0:
         raise ToolkitError(f"--duration {duration_s}: expected seconds > 0")
+    if server_pid is not None:
+        server_pid = server_process(server_pid)  # not a container client; past an init
     class_url = http_url if protocol == "http" else grpc_url
     if clients:
         wait_until_ready(class_url, protocol, [CLASSIFIER_MODEL], wait_s)
@@ -200,20 +293,25 @@ def run_load(http_url: str, grpc_url: str, clients: int = 8, streams: int = 2,
     texts = list(texts) if texts else sample_reviews()
     memory_before = server_memory(server_pid)
     tally = _Tally()
-    start = time.perf_counter()
-    deadline = start + duration_s
-    threads = [threading.Thread(target=_classify_worker, name=f"classify-{i}",
-                                args=(class_url, protocol, texts, i * 7, deadline, tally))
+    clock = _Clock(clients + streams + 1, duration_s)
+    classifier = functools.partial(ClassifierClient, class_url, protocol, timeout_s=timeout_s)
+    streamer = functools.partial(StreamClient, grpc_url, timeout_s=timeout_s)
+    threads = [threading.Thread(target=_worker, name=f"classify-{i}",
+                                args=(classifier, _classify_loop, clock, texts, i * 7, tally))
                for i in range(clients)]
-    threads += [threading.Thread(target=_stream_worker, name=f"stream-{i}",
-                                 args=(grpc_url, list(prompts), i, max_new_tokens, deadline,
-                                       tally))
+    threads += [threading.Thread(target=_worker, name=f"stream-{i}",
+                                 args=(streamer, _stream_loop, clock, list(prompts), i,
+                                       max_new_tokens, tally))
                 for i in range(streams)]
     for thread in threads:
         thread.start()
+    clock.barrier.wait()  # every worker connected (or failed to)
     for thread in threads:
         thread.join()
-    elapsed = time.perf_counter() - start  # includes the last requests after the deadline
+    if clock.connect_failures:
+        raise ToolkitError(f"{len(clock.connect_failures)} of {clients + streams} workers "
+                           f"could not connect: {clock.connect_failures[0]}")
+    elapsed = time.perf_counter() - clock.start  # includes the last requests after the deadline
     memory_after = server_memory(server_pid)
     report: Dict[str, Any] = {
         "duration_s": elapsed, "clients": clients, "streams": streams, "protocol": protocol,
@@ -271,6 +369,13 @@ def summary_lines(report: Dict[str, Any]) -> List[str]:
                    "or one per line; its first 1000 (default: generated review-like texts).")
 @click.option("--server-pid", type=int, default=None,
               help="tritonserver's pid (run_triton.sh prints it): report its memory.")
+@click.option("--container", default=None,
+              help="Instead of --server-pid in container mode: the container's name or id "
+                   "(docker ps); its server's pid comes from `docker inspect`.")
+@click.option("--docker", default=lambda: os.environ.get("TRITON_DOCKER", "docker"),
+              show_default="$TRITON_DOCKER or docker", help="The container client.")
+@click.option("--timeout", "timeout_s", default=60.0, show_default=True,
+              help="Seconds a call, or the wait for a stream's next token, may take.")
 @click.option("--wait", "wait_s", default=30.0, show_default=True,
               help="Seconds to wait for the server and models to be ready first.")
 @click.option("--output", type=click.Path(dir_okay=False), default=None,
@@ -278,11 +383,16 @@ def summary_lines(report: Dict[str, Any]) -> List[str]:
 @exit_on_toolkit_error
 def main(http_url: str, grpc_url: str, protocol: str, clients: int, streams: int,
          duration_s: float, max_new_tokens: int, reviews: Optional[str],
-         server_pid: Optional[int], wait_s: float, output: Optional[str]) -> None:
+         server_pid: Optional[int], container: Optional[str], docker: str, timeout_s: float,
+         wait_s: float, output: Optional[str]) -> None:
     """Load a running tritonserver with classify clients and streams; print the figures."""
+    if container and server_pid is not None:
+        raise ToolkitError(f"--server-pid {server_pid} --container {container}: give one")
+    if container:
+        server_pid = container_pid(container, docker)
     report = run_load(http_url, grpc_url, clients, streams, duration_s, protocol, server_pid,
                       max_new_tokens, texts=read_texts(reviews) if reviews else None,
-                      wait_s=wait_s)
+                      wait_s=wait_s, timeout_s=timeout_s)
     for line in summary_lines(report):
         click.echo(line)
     if output:

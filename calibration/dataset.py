@@ -24,20 +24,26 @@ if __package__ in (None, ""):  # run as a script: python calibration/dataset.py
 import click
 import numpy as np
 
+from calibration.feature_data import is_feature_model
 from calibration.loader import CalibrationSet, position_ids_for, save_calibration_set
-from common.artifacts import axis_range, load_onnx_sidecar, tokenizer_path
+from common.artifacts import axis_range, load_onnx_sidecar, text_rules, tokenizer_path
 from common.errors import ToolkitError, exit_on_toolkit_error
-from common.text import encode_classifier_texts, story_token_ids
+from common.text import encode_classifier_texts, encode_for_model, story_token_ids
 
 SPLIT = "train"  # calibration never sees the evaluation split
 SHORTEST = 8  # tokens: the short end of the length schedule, when the profile allows it
 POOL_PER_ROW = 4  # candidate texts tokenized per calibration row, to find rows of each length
 
 
-def encode_reviews(tok, texts: Sequence[str], max_len: int, prepend_cls: bool) -> List[List[int]]:
-    """Classifier inputs exactly as training builds them."""
+def encode_reviews(tok, texts: Sequence[str], max_len: int, prepend_cls: bool,
+                   rules: Dict[str, str] | None = None) -> List[List[int]]:
+    """Classifier inputs exactly as the runtime builds them: by the sidecar's text rules
+    (``common.artifacts.text_rules``: an HF classifier gets no IMDB cleaning and its tokenizer's
+    own special tokens); without rules, as our IMDB training does."""
     cls_id = tok.token_to_id("<cls>") if prepend_cls else None
-    return encode_classifier_texts(tok, texts, max_len, cls_id)
+    if rules is None:
+        return encode_classifier_texts(tok, texts, max_len, cls_id)
+    return encode_for_model(tok, texts, max_len, rules, cls_id)[0]
 
 
 def token_stream(tok, stories: Sequence[str], eos_id: int) -> np.ndarray:
@@ -66,7 +72,8 @@ def load_texts(kind: str, source: str) -> List[str]:
 
 
 def classifier_batches(tok, texts: Sequence[str], lengths: Sequence[int], batch_size: int,
-                       prepend_cls: bool, pad_id: int, rng: random.Random) -> List[Dict]:
+                       prepend_cls: bool, pad_id: int, rng: random.Random,
+                       rules: Dict[str, str] | None = None) -> List[Dict]:
     """One batch per length: rows whose tokens fill that length where the data allows."""
     pool = rng.sample(list(texts), min(len(texts), len(lengths) * batch_size * POOL_PER_ROW))
     pool_lengths = [len(enc.ids) + int(prepend_cls) for enc in tok.encode_batch(pool)]
@@ -75,7 +82,7 @@ def classifier_batches(tok, texts: Sequence[str], lengths: Sequence[int], batch_
     for seq in lengths:
         chosen = _closest_rows(pool_lengths, unused, seq, batch_size)
         unused -= set(chosen)
-        rows = encode_reviews(tok, [pool[i] for i in chosen], seq, prepend_cls)
+        rows = encode_reviews(tok, [pool[i] for i in chosen], seq, prepend_cls, rules)
         input_ids = np.full((len(rows), seq), pad_id, np.int32)  # (batch, seq), right-padded
         attention_mask = np.zeros((len(rows), seq), np.int32)  # (batch, seq) 1 = token
         for r, row in enumerate(rows):
@@ -136,10 +143,13 @@ def build_calibration_set(
     batch_size: int = 8,
     seed: int = 0,
 ) -> Path:
-    """Tokenize TRAIN-split text for the graph at ``onnx_path`` and write ``output`` (.npz)."""
+    """Tokenize TRAIN-split text for the graph at ``onnx_path`` and write ``output`` (.npz).
+    A feature model: ``source`` is its train feature file (``build_feature_calibration_set``)."""
     from train.tokenizer import load_tokenizer
 
     sidecar = load_onnx_sidecar(onnx_path)
+    if is_feature_model(sidecar):
+        return build_feature_calibration_set(onnx_path, source, output, batches, batch_size, seed)
     kind = sidecar["kind"]
     b_lo, b_hi = axis_range(sidecar, "batch")
     if not b_lo <= batch_size <= b_hi:
@@ -156,7 +166,7 @@ def build_calibration_set(
     if kind == "classifier":
         prepend_cls = sidecar["model_config"].get("pooling") == "cls"
         token_batches = classifier_batches(tok, texts, lengths, batch_size, prepend_cls, pad_id,
-                                           rng)
+                                           rng, text_rules(sidecar))
     else:
         token_batches = decoder_batches(tok, texts, lengths, batch_size, special["eos_id"],
                                         pad_id, rng)
@@ -174,11 +184,53 @@ def build_calibration_set(
     return save_calibration_set(output, token_batches, meta)
 
 
+def build_feature_calibration_set(onnx_path: str | Path, data_file: str | Path,
+                                  output: str | Path, batches: int = 16, batch_size: int = 8,
+                                  seed: int = 0) -> Path:
+    """Real feature windows of the TRAIN file ``data_file`` (.npz/.npy), cut to a geometric
+    length schedule over the profile (a prefix of a real window is a real shorter input),
+    right-padded under a mask as the runtime pads them; written as ``output`` (.npz)."""
+    from calibration.feature_data import norm_digest, pad_rows, read_feature_file
+    from common.fileio import sha256_file
+
+    sidecar = load_onnx_sidecar(onnx_path)
+    b_lo, b_hi = axis_range(sidecar, "batch")
+    if not b_lo <= batch_size <= b_hi:
+        raise ToolkitError(f"--batch-size {batch_size} is outside the profile's batch range "
+                           f"{b_lo}..{b_hi} ({onnx_path})")
+    if batches < 1:
+        raise ToolkitError(f"--batches {batches}: expected at least 1")
+    feature_dim = int(sidecar["feature_dim"])
+    lo, hi = profile_lengths(sidecar)
+    data = read_feature_file(data_file, feature_dim, sidecar.get("labels"), max_seq=hi)
+    longest = min(hi, int(data.lengths.max()))
+    lengths = length_schedule(min(lo, longest), longest, batches)
+    rng = np.random.default_rng(seed)
+    feature_batches = []
+    for seq in lengths:
+        # windows at least seq long first (their prefix fills the row), then the longest others
+        order = rng.permutation(len(data))
+        order = sorted(order, key=lambda i: data.lengths[i] < seq)[:batch_size]
+        rows = [data.row(int(order[r % len(order)]))[:seq] for r in range(batch_size)]
+        features, mask = pad_rows(rows, seq, feature_dim)  # (batch, seq, F), (batch, seq)
+        feature_batches.append({"features": features, "attention_mask": mask})
+    meta = {
+        "kind": "feature_classifier", "feature_dim": feature_dim,
+        "input_names": [t["name"] for t in sidecar["inputs"]],
+        "source": str(data_file), "source_sha256": sha256_file(data_file), "split": SPLIT,
+        "seed": seed, "batch_size": batch_size, "lengths": lengths,
+        "onnx": Path(onnx_path).name, "onnx_sha256": sidecar["onnx_sha256"],
+        "feature_norm_sha256": norm_digest(sidecar), "profile": sidecar["dynamic_axes"],
+    }
+    return save_calibration_set(output, feature_batches, meta)
+
+
 @click.command(context_settings={"show_default": True})
 @click.option("--onnx", "onnx_path", required=True, type=click.Path(path_type=Path),
               help="exported model (its sidecar and tokenizer lie beside it)")
 @click.option("--data", "data_source", default=None,
-              help="sample | hub | DIR (default: $DATA_DIR, $DATA, hub); the train split is used")
+              help="sample | hub | DIR (default: $DATA_DIR, $DATA, hub); the train split is used."
+                   " A feature model: its TRAIN .npz/.npy file")
 @click.option("--output", required=True, type=click.Path(path_type=Path),
               help="calibration set to write, e.g. calibration/imdb.calib.npz")
 @click.option("--batches", type=int, default=16, help="number of batches (one length each)")
@@ -190,6 +242,14 @@ def main(onnx_path: Path, data_source: str | None, output: Path, batches: int,
     """Write real tokenized calibration batches covering the ONNX profile's lengths."""
     from train.data import describe_source, resolve_data_source
 
+    if is_feature_model(load_onnx_sidecar(onnx_path)):
+        if not data_source:
+            raise ToolkitError(f"--data: {onnx_path} takes features; give its train .npz/.npy")
+        path = build_feature_calibration_set(onnx_path, data_source, output, batches,
+                                             batch_size, seed)
+        click.echo(f"wrote {path}: {batches} batches of {batch_size} feature windows from "
+                   f"{data_source}, lengths {sorted({s[1] for s in CalibrationSet(path).shapes})}")
+        return
     source = resolve_data_source(data_source)
     click.echo(describe_source(source))
     path = build_calibration_set(onnx_path, source, output, batches, batch_size, seed)

@@ -9,7 +9,9 @@ type the graph gives it, so what must stay FP32 has to be FP32 in this file. Kep
   default in flag-based builds; strongly typed, it computes in its input's type), the nodes of
   decomposed LayerNorms (TensorRT 8.5 export) and of RMSNorm chains (Pow/ReduceMean/Sqrt/...),
   found by pattern (``export.norm_graph``): their squares overflow FP16 once |x| > 256;
-- the ops ONNX Runtime's converter keeps FP32 by default (TopK, Range, CumSum, Min, Max, ...).
+- the ops ONNX Runtime's converter keeps FP32 by default (TopK, Range, CumSum, Min, Max, ...);
+- a feature classifier's input normalization ``(features - mean) / std`` (raw features may
+  exceed the FP16 range; the normalized ones feed the first MatMul in FP16).
 Softmax runs FP16 (a measurement in docs/DESIGN.md: its FP16 rounding is below that of the
 MatMuls around it; the masks use -1e4, an FP16 number). Inputs and outputs keep their
 FP32/int32 types, so the runtime and the engine profiles are the same as the FP32 graph's.
@@ -75,6 +77,7 @@ def fp16_graph(model, sidecar: Dict[str, Any] | None = None, where: str = "FP32 
     check_patterns_kept(norms, sidecar or {}, where)
     blocked_ops = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP32_OP_TYPES))
     norm_nodes = [name for norm in norms for name in norm["nodes"]]
+    norm_nodes += feature_normalization_nodes(model.graph)
     norm_nodes += constants_only_for(model.graph, set(norm_nodes))
     fp16_model = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked_ops,
                                           node_block_list=norm_nodes)
@@ -91,6 +94,16 @@ def fp16_graph(model, sidecar: Dict[str, Any] | None = None, where: str = "FP32 
                          for kind in ("layernorm", "rmsnorm")},
             "nodes": len(fp32_nodes)}
     return fp16_model, keep
+
+
+def feature_normalization_nodes(graph) -> List[str]:
+    """A feature classifier's ``(features - mean) / std`` (``export.preflight``): FP32, since
+    raw features may lie beyond FP16 (a pressure in Pa, a timestamp) where normalized ones
+    do not; its output is cast to FP16 for the first MatMul."""
+    from export.preflight import feature_normalization
+
+    norm = feature_normalization(graph)
+    return list(norm["nodes"]) if norm is not None else []
 
 
 def constants_only_for(graph, nodes: Set[str]) -> List[str]:

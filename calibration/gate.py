@@ -33,7 +33,8 @@ import numpy as np
 
 from calibration import fp16 as fp16_estimate
 from calibration.dataset import encode_reviews, token_stream
-from common.artifacts import axis_range, load_onnx_sidecar, tokenizer_path
+from calibration.feature_data import is_feature_model
+from common.artifacts import axis_range, load_onnx_sidecar, text_rules, tokenizer_path
 from common.errors import ToolkitError, exit_on_toolkit_error
 from common.fileio import atomic_write_json, sha256_file
 
@@ -54,6 +55,7 @@ class EvalData:
     label_names: List[str]
     pad_id: int
     batch_size: int
+    feature_dim: int = 0  # > 0: rows are (steps, F) float32 feature windows, not token lists
 
 
 def open_session(onnx_path: str | Path):
@@ -81,6 +83,11 @@ def load_eval_data(onnx_path: str | Path, sidecar: Dict[str, Any], source: str,
     from train.tokenizer import load_tokenizer
 
     kind = sidecar["kind"]
+    if is_feature_model(sidecar):
+        if split is not None:
+            raise ToolkitError(f"--split {split!r}: a feature model is evaluated on the --data "
+                               "file itself (give the labelled test .npz)")
+        return load_feature_eval_data(sidecar, source, max_samples, batch_size)
     split = split or DEFAULT_SPLIT[kind]
     splits = data.imdb_splits(source) if kind == "classifier" else data.tinystories_splits(source)
     if split not in splits:
@@ -94,11 +101,26 @@ def load_eval_data(onnx_path: str | Path, sidecar: Dict[str, Any], source: str,
         indices = _subset(len(texts), max_samples)
         max_len = min(sidecar["max_seq_len"], axis_range(sidecar, "seq")[1])
         prepend_cls = sidecar["model_config"].get("pooling") == "cls"
-        rows = encode_reviews(tok, [texts[i] for i in indices], max_len, prepend_cls)
+        rows = encode_reviews(tok, [texts[i] for i in indices], max_len, prepend_cls,
+                              text_rules(sidecar))
         return EvalData(kind, split, rows, [labels[i] for i in indices], indices,
                         list(sidecar["labels"]), pad_id, batch_size)
     starts, rows = _story_windows(tok, splits[split], sidecar, max_samples)
     return EvalData(kind, split, rows, [], starts, [], pad_id, batch_size)
+
+
+def load_feature_eval_data(sidecar: Dict[str, Any], source: str, max_samples: int | None,
+                           batch_size: int = 16) -> EvalData:
+    """The labelled feature windows of ``source`` (the evaluation split's .npz)."""
+    from calibration.feature_data import read_feature_file
+
+    labels = list(sidecar["labels"])
+    windows = read_feature_file(source, int(sidecar["feature_dim"]), labels, need_labels=True,
+                                max_seq=axis_range(sidecar, "seq")[1])
+    indices = _subset(len(windows), max_samples)
+    return EvalData("classifier", str(source), windows.rows(indices),
+                    [int(windows.labels[i]) for i in indices], indices, labels, 0,
+                    min(batch_size, axis_range(sidecar, "batch")[1]), windows.feature_dim)
 
 
 def _story_windows(tok, stories: Sequence[str], sidecar: Dict[str, Any],
@@ -129,12 +151,7 @@ def classifier_logits(session, data: EvalData) -> Dict[str, Any]:
     for start in range(0, len(order), data.batch_size):
         idx = order[start:start + data.batch_size]
         longest = max(len(data.rows[i]) for i in idx)
-        input_ids = np.full((len(idx), longest), data.pad_id, np.int32)  # (batch, seq)
-        attention_mask = np.zeros((len(idx), longest), np.int32)  # (batch, seq) 1 = token
-        for r, i in enumerate(idx):
-            input_ids[r, :len(data.rows[i])] = data.rows[i]
-            attention_mask[r, :len(data.rows[i])] = 1
-        out = session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
+        out = session.run(None, _padded_feed(data, idx, longest))
         outputs = dict(zip([o.name for o in session.get_outputs()], out))
         _add_counts(nonfinite, fp16_estimate.nonfinite_counts(outputs))
         batch_logits = outputs["logits"]  # (batch, labels) fp32
@@ -142,6 +159,21 @@ def classifier_logits(session, data: EvalData) -> Dict[str, Any]:
             logits = np.zeros((len(data.rows), batch_logits.shape[1]), np.float32)  # (N, labels)
         logits[idx] = batch_logits
     return {"logits": logits, "nonfinite_outputs": nonfinite}
+
+
+def _padded_feed(data: EvalData, idx: Sequence[int], longest: int) -> Dict[str, np.ndarray]:
+    """Rows ``idx`` right-padded to ``longest`` as the runtime pads them."""
+    if data.feature_dim:
+        from calibration.feature_data import pad_rows
+
+        features, mask = pad_rows([data.rows[i] for i in idx], longest, data.feature_dim)
+        return {"features": features, "attention_mask": mask}  # (batch, seq, F), (batch, seq)
+    input_ids = np.full((len(idx), longest), data.pad_id, np.int32)  # (batch, seq)
+    attention_mask = np.zeros((len(idx), longest), np.int32)  # (batch, seq) 1 = token
+    for r, i in enumerate(idx):
+        input_ids[r, :len(data.rows[i])] = data.rows[i]
+        attention_mask[r, :len(data.rows[i])] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 def decoder_loss(session, data: EvalData, sidecar: Dict[str, Any]) -> Dict[str, Any]:
@@ -298,7 +330,8 @@ def _figures(fp32: Dict[str, Any], int8: Dict[str, Any], kind: str) -> str:
 @click.option("--int8", "int8_path", required=True, type=click.Path(path_type=Path),
               help="Q/DQ model from calibration.qdq")
 @click.option("--data", "data_source", default=None,
-              help="sample | hub | DIR (default: $DATA_DIR, $DATA, hub)")
+              help="sample | hub | DIR (default: $DATA_DIR, $DATA, hub); a feature model: "
+                   "the labelled evaluation .npz")
 @click.option("--split", default=None, help="evaluation split [default: test / valid]")
 @click.option("--report", "report_path", required=True, type=click.Path(path_type=Path),
               help="JSON report to write, e.g. reports/imdb.int8.json")
@@ -314,8 +347,13 @@ def main(fp32_path, int8_path, data_source, split, report_path, max_drop, max_sa
 
     if max_samples is not None and max_samples < 1:
         raise ToolkitError(f"--max-samples {max_samples}: expected at least 1")
-    source = resolve_data_source(data_source)
-    click.echo(describe_source(source))
+    if is_feature_model(load_onnx_sidecar(fp32_path)):
+        if not data_source:
+            raise ToolkitError(f"--data: {fp32_path} takes features; give a labelled .npz")
+        source = data_source  # the labelled evaluation file itself
+    else:
+        source = resolve_data_source(data_source)
+        click.echo(describe_source(source))
     report = run_gate(fp32_path, int8_path, source, report_path, split, max_drop,
                       max_samples, fp16)
     click.echo(f"{_figures(report['fp32'], report['int8'], report['kind'])}: drop "

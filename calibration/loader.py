@@ -1,8 +1,9 @@
 """The calibration set on disk (``<name>.calib.npz``) and the data loader that reads it back.
 
 A calibration set is a list of real tokenized batches, each with its own shape, plus a small
-JSON metadata entry. ``CalibrationSet`` yields complete feed dicts ``{input name: array}`` for
-every input of the ONNX graph, which is what both consumers take:
+JSON metadata entry (a feature classifier's: real feature windows, ``features`` (batch, seq, F)
+float32 raw with the mask, kind ``feature_classifier``). ``CalibrationSet`` yields complete feed
+dicts ``{input name: array}`` for every input of the ONNX graph, which is what both consumers take:
 
 - ``onnxruntime.quantization`` (host, explicit Q/DQ): every batch as stored, several lengths;
 - Polygraphy's ``Calibrator(data_loader=...)`` (device, implicit INT8): TensorRT calibrates at
@@ -27,11 +28,19 @@ from common.fileio import atomic_path
 FORMAT = "jetson-toolkit/calibration-set"
 VERSION = 1
 META_KEY = "meta"
-TOKEN_INPUTS = {
+TOKEN_INPUTS = {  # per kind, the stored inputs; the first one sets each batch's (batch, seq)
     "classifier": ("input_ids", "attention_mask"),
     "decoder": ("input_ids", "position_ids", "attention_mask"),
+    # continuous features: features (batch, seq, F) float32 raw (the graph normalizes), mask
+    "feature_classifier": ("features", "attention_mask"),
 }
-PADDING_SIDE = {"classifier": "right", "decoder": "left"}
+PADDING_SIDE = {"classifier": "right", "decoder": "left", "feature_classifier": "right"}
+FLOAT_INPUTS = ("features",)
+
+
+def primary_input(kind: str) -> str:
+    """The input whose first two axes are each batch's (batch, seq)."""
+    return TOKEN_INPUTS[kind][0]
 
 Feed = Dict[str, np.ndarray]
 
@@ -45,9 +54,10 @@ def save_calibration_set(
 ) -> Path:
     """Write token batches and metadata atomically as an uncompressed ``.npz``.
 
-    batches: per batch ``{name: (batch, seq) int32}`` for the kind's TOKEN_INPUTS. meta must hold
-    ``kind``, ``input_names`` (every ONNX input, in order) and for a decoder ``kv_layers`` and
-    ``kv_dim``; format, version and the batch shapes are added here.
+    batches: per batch ``{name: (batch, seq) int32}`` for the kind's TOKEN_INPUTS (``features``:
+    (batch, seq, F) float32). meta must hold ``kind``, ``input_names`` (every ONNX input, in
+    order), for a decoder ``kv_layers`` and ``kv_dim``, for a feature classifier
+    ``feature_dim``; format, version and the batch shapes are added here.
     """
     kind = meta.get("kind")
     if kind not in TOKEN_INPUTS:
@@ -57,8 +67,9 @@ def save_calibration_set(
     shapes = []
     for index, batch in enumerate(batches):
         for name in TOKEN_INPUTS[kind]:
-            arrays[batch_key(index, name)] = np.ascontiguousarray(batch[name], dtype=np.int32)
-        shapes.append(list(batch["input_ids"].shape))
+            dtype = np.float32 if name in FLOAT_INPUTS else np.int32
+            arrays[batch_key(index, name)] = np.ascontiguousarray(batch[name], dtype=dtype)
+        shapes.append(list(batch[primary_input(kind)].shape[:2]))
     full_meta = {**meta, "format": FORMAT, "version": VERSION, "num_batches": len(shapes),
                  "batch_shapes": shapes, "padding_side": PADDING_SIDE[kind]}
     arrays[META_KEY] = np.array(json.dumps(full_meta, sort_keys=True))  # 0-d unicode, no pickle
@@ -83,7 +94,9 @@ class CalibrationSet:
         self.meta, self._tokens = _read_npz(self.path)
         self.kind: str = self.meta["kind"]
         self.input_names: List[str] = list(self.meta["input_names"])
-        self.shapes: List[Tuple[int, int]] = [tuple(b["input_ids"].shape) for b in self._tokens]
+        self.primary = primary_input(self.kind)  # input_ids, or features
+        self.shapes: List[Tuple[int, int]] = [tuple(b[self.primary].shape[:2])
+                                              for b in self._tokens]
         self._input_metadata: Mapping[str, Any] | None = None
         self._fixed_shape: Tuple[int, int] | None = None
 
@@ -117,7 +130,7 @@ class CalibrationSet:
 
     def feed(self, tokens: Mapping[str, np.ndarray]) -> Feed:
         """Token arrays of one batch -> the complete feed, in ``input_names`` order."""
-        batch = tokens["input_ids"].shape[0]
+        batch = tokens[self.primary].shape[0]
         feed: Feed = {}
         for name in self.input_names:
             if name in tokens:
@@ -138,9 +151,14 @@ class CalibrationSet:
         if missing:
             raise ToolkitError(f"calibration set {self.path} has no inputs {missing}; it feeds "
                                f"{self.input_names}: rebuild it from this engine's ONNX")
-        shape = tuple(int(d) for d in metadata["input_ids"].shape)
+        shape = tuple(int(d) for d in metadata[self.primary].shape)
+        if self.primary in FLOAT_INPUTS and len(shape) == 3:
+            if shape[2] != int(self.meta["feature_dim"]):
+                raise ToolkitError(f"calibration shape of features is {shape}; the set holds "
+                                   f"F={self.meta['feature_dim']} features per step")
+            shape = shape[:2]
         if len(shape) != 2 or min(shape) < 1:
-            raise ToolkitError(f"calibration shape of input_ids is {shape}; expected a fixed "
+            raise ToolkitError(f"calibration shape of {self.primary} is {shape}; expected a fixed "
                                "(batch, seq) with both > 0 (the calibration profile's OPT shape)")
         for name in self.input_names:
             if name.startswith("past_") and name in metadata:
@@ -153,7 +171,7 @@ class CalibrationSet:
 
     def _repacked(self, batch: int, seq: int) -> List[Dict[str, np.ndarray]]:
         """Real tokens of every stored row, padded (or cut to their first ``seq``) to ``seq``."""
-        rows = [row for tokens in self._tokens for row in _real_rows(tokens["input_ids"],
+        rows = [row for tokens in self._tokens for row in _real_rows(tokens[self.primary],
                                                                     tokens["attention_mask"])]
         # Cycle rows to fill the last batch: every batch must have the full shape.
         n_batches = -(-len(rows) // batch)
@@ -161,6 +179,11 @@ class CalibrationSet:
         return [self._pad_rows(rows[i:i + batch], seq) for i in range(0, len(rows), batch)]
 
     def _pad_rows(self, rows: Sequence[np.ndarray], seq: int) -> Dict[str, np.ndarray]:
+        if self.primary in FLOAT_INPUTS:  # feature rows (len, F): zeros under a mask of 0s
+            from calibration.feature_data import pad_rows
+
+            features, mask = pad_rows(rows, seq, int(self.meta["feature_dim"]))
+            return {"features": features, "attention_mask": mask}
         pad_id = int(self.meta.get("pad_id", 0))
         input_ids = np.full((len(rows), seq), pad_id, np.int32)  # (batch, seq)
         attention_mask = np.zeros((len(rows), seq), np.int32)  # (batch, seq) 1 = token
@@ -205,8 +228,9 @@ def _read_npz(path: Path) -> Tuple[Dict[str, Any], List[Dict[str, np.ndarray]]]:
             key = batch_key(index, name)
             if key not in arrays:
                 raise ToolkitError(f"calibration set {path}: array {key!r} is missing")
-            batch[name] = _checked_tokens(path, key, arrays[key])
-        if len({a.shape for a in batch.values()}) != 1:
+            batch[name] = (_checked_features(path, key, arrays[key], meta["feature_dim"])
+                           if name in FLOAT_INPUTS else _checked_tokens(path, key, arrays[key]))
+        if len({a.shape[:2] for a in batch.values()}) != 1:
             raise ToolkitError(f"calibration set {path}: batch {index} inputs differ in shape")
         batches.append(batch)
     if not batches:
@@ -230,10 +254,20 @@ def _parse_meta(path: Path, arrays: Dict[str, np.ndarray]) -> Dict[str, Any]:
     missing = [k for k in ("kind", "input_names", "num_batches", "padding_side") if k not in meta]
     if meta.get("kind") == "decoder":
         missing += [k for k in ("kv_layers", "kv_dim") if k not in meta]
+    if meta.get("kind") == "feature_classifier":
+        missing += [k for k in ("feature_dim",) if k not in meta]
     if missing or meta["kind"] not in TOKEN_INPUTS:
         raise ToolkitError(f"calibration set {path}: metadata lacks {missing} or has an unknown "
                            f"kind {meta.get('kind')!r}")
     return meta
+
+
+def _checked_features(path: Path, key: str, array: np.ndarray, feature_dim) -> np.ndarray:
+    if array.ndim != 3 or array.dtype != np.float32 or array.size == 0 or \
+            array.shape[2] != int(feature_dim) or not np.isfinite(array).all():
+        raise ToolkitError(f"calibration set {path}: {key} is {array.dtype} {array.shape}; "
+                           f"expected a non-empty finite (batch, seq, {feature_dim}) float32 array")
+    return array
 
 
 def _checked_tokens(path: Path, key: str, array: np.ndarray) -> np.ndarray:

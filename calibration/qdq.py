@@ -178,6 +178,13 @@ def check_calibration_matches(calib: CalibrationSet, sidecar: Dict[str, Any], on
     if calib.meta.get("tokenizer_sha256") not in (None, sidecar["tokenizer_sha256"]):
         raise ToolkitError(f"calibration set {calib.path} was tokenized with another tokenizer "
                            f"than {onnx_path}'s: rebuild it with calibration.dataset")
+    if calib.kind == "feature_classifier":
+        from calibration.feature_data import norm_digest
+
+        if calib.meta.get("feature_norm_sha256") != norm_digest(sidecar):
+            raise ToolkitError(f"calibration set {calib.path} was made for another feature "
+                               f"normalization than {onnx_path}'s: rebuild it with "
+                               "calibration.dataset")
 
 
 def attention_matmuls(model) -> List[str]:
@@ -203,9 +210,15 @@ def qdq_keep_fp32(model, sidecar: Dict[str, Any], where) -> Dict[str, Any]:
     """``keep_fp32`` found again in the Q/DQ graph (its tensor names are the ones the engine
     build sees when it parses this file), the same patterns as the FP32 graph's."""
     from export.norm_graph import check_patterns_kept, find_normalizations, keep_fp32_record
+    from export.preflight import feature_normalization
 
     check_patterns_kept(find_normalizations(model.graph), sidecar, where)
-    return keep_fp32_record(model.graph)
+    keep = keep_fp32_record(model.graph)
+    norm = feature_normalization(model.graph)  # a feature classifier's (x - mean) / std
+    if norm is not None:
+        keep.update(tensors=keep["tensors"] + norm["tensors"],
+                    feature_normalization=norm["tensors"])
+    return keep
 
 
 def run_quantize_static(prepared: Path, quantized: Path, calib: CalibrationSet, method: str,
@@ -357,7 +370,10 @@ def write_qdq_sidecar(onnx_path, calib_path, output, sidecar: Dict[str, Any], me
 
 def copy_tokenizer_beside(onnx_path, output, sidecar: Dict[str, Any]) -> None:
     """The sidecar names its tokenizer file beside the graph: put it there when the Q/DQ graph
-    is written to another folder, so the Q/DQ artifact stands on its own."""
+    is written to another folder, so the Q/DQ artifact stands on its own. A feature
+    classifier has no tokenizer."""
+    if not sidecar.get("tokenizer"):
+        return
     source, target = tokenizer_path(onnx_path, sidecar), tokenizer_path(output, sidecar)
     if source.resolve() == target.resolve():
         return

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 from common.errors import ToolkitError
 from common.fileio import atomic_write_json, read_json, sha256_file
@@ -31,6 +31,18 @@ KIND_KEYS = {
 # still load; a reader treats a missing one as: target 8.6 (LayerNormalization), nothing kept
 # FP32, no parse verdicts recorded.
 TENSORRT_TARGETS = {"8.5": "decomposed", "8.6": "LayerNormalization"}  # min_tensorrt -> layernorm
+# Keys added with issue 23 (Hugging Face text handling), optional: a sidecar without them is an
+# old export of our own models and reads as today's behaviour (``text_rules``, ``prompt_rules``,
+# ``stop_ids``, ``head_rules`` below give the defaults).
+#   text: {"cleaning": "imdb"|"none", "truncation": "head_tail"|"right"|"left",
+#          "special_tokens": "cls_prefix"|"tokenizer"}  (classifier)
+#   prompt: {"prefix_ids": [int], "add_special_tokens": bool}  (decoder)
+#   eos_ids: [int]  (decoder: every id that ends generation)
+#   head: {"problem_type": one of HEAD_PROBLEMS, "threshold": float}  (classifier)
+TEXT_CHOICES = {"cleaning": ("imdb", "none"), "truncation": ("head_tail", "right", "left"),
+                "special_tokens": ("cls_prefix", "tokenizer")}
+OWN_TEXT = {"cleaning": "imdb", "truncation": "head_tail", "special_tokens": "cls_prefix"}
+HEAD_PROBLEMS = ("single_label_classification", "multi_label_classification", "regression")
 KIND_AXES = {
     "classifier": ("batch", "seq"),
     "decoder": ("batch", "new", "past", "total"),
@@ -68,6 +80,8 @@ def load_onnx_sidecar(
     ``onnx_sha256`` with the ONNX file on disk (catches a graph replaced after export).
     """
     path = sidecar_path(onnx_path)
+    if not path.exists() and not Path(onnx_path).exists():  # the graph itself is what is missing
+        raise ToolkitError(f"ONNX file not found: {onnx_path}")
     data = read_json(path, what="ONNX sidecar")
     validate_onnx_sidecar(data, path)
     if kind is not None and data["kind"] != kind:
@@ -132,6 +146,7 @@ def validate_onnx_sidecar(data: Any, path: str | os.PathLike) -> None:
     _validate_tensors(data, path)
     _validate_axes(data, path, KIND_AXES[kind])
     _validate_tensorrt_keys(data, path)
+    _validate_text_keys(data, path)
     if kind == "decoder":
         cache = data["kv_cache"]
         missing = [k for k in ("layers", "kv_dim", "layout", "dtype") if k not in cache]
@@ -198,3 +213,62 @@ def axis_range(sidecar: Dict[str, Any], axis: str) -> Tuple[int, int]:
     if axis not in axes:
         raise ToolkitError(f"ONNX sidecar has no dynamic axis {axis!r}; it has {sorted(axes)}")
     return int(axes[axis]["min"]), int(axes[axis]["max"])
+
+
+# --- issue 23's optional keys: validation, and the defaults of sidecars written before them ---
+def _validate_text_keys(data: Dict[str, Any], path) -> None:
+    text = data.get("text")
+    if text is not None and not (isinstance(text, dict) and all(
+            text.get(k) in v for k, v in TEXT_CHOICES.items())):
+        raise ToolkitError(f"ONNX sidecar {path}: text {text!r}, expected "
+                           + ", ".join(f"{k} in {list(v)}" for k, v in TEXT_CHOICES.items()))
+    prompt = data.get("prompt")
+    if prompt is not None and not (
+            isinstance(prompt, dict) and _int_list(prompt.get("prefix_ids"))
+            and isinstance(prompt.get("add_special_tokens"), bool)):
+        raise ToolkitError(f"ONNX sidecar {path}: prompt {prompt!r}, expected "
+                           "{'prefix_ids': [int, ...], 'add_special_tokens': true|false}")
+    if "eos_ids" in data and not _int_list(data["eos_ids"]):
+        raise ToolkitError(f"ONNX sidecar {path}: eos_ids {data['eos_ids']!r}, expected a list "
+                           "of token ids")
+    head = data.get("head")
+    if head is not None and not (
+            isinstance(head, dict) and head.get("problem_type") in HEAD_PROBLEMS
+            and isinstance(head.get("threshold", 0.5), (int, float))):
+        raise ToolkitError(f"ONNX sidecar {path}: head {head!r}, expected problem_type in "
+                           f"{list(HEAD_PROBLEMS)} and a numeric threshold")
+
+
+def _int_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, int) and v >= 0 for v in value)
+
+
+def text_rules(sidecar: Dict[str, Any]) -> Dict[str, str]:
+    """How a classifier's texts become ids; an old sidecar is one of our IMDB models."""
+    return {**OWN_TEXT, **(sidecar.get("text") or {})}
+
+
+def prompt_rules(sidecar: Dict[str, Any]) -> Dict[str, Any]:
+    """How a decoder's prompt becomes ids; an old sidecar: ``<|endoftext|>`` first (TinyStories
+    streams start every story after one), the tokenizer's own special tokens off."""
+    prompt = sidecar.get("prompt")
+    if prompt is not None:
+        return {"prefix_ids": list(prompt["prefix_ids"]),
+                "add_special_tokens": bool(prompt["add_special_tokens"])}
+    eos = (sidecar.get("special_tokens") or {}).get("eos_id")
+    return {"prefix_ids": [] if eos is None else [int(eos)], "add_special_tokens": False}
+
+
+def stop_ids(sidecar: Dict[str, Any]) -> List[int]:
+    """Every id that ends generation: ``eos_ids``, else the special tokens' ``eos_id``."""
+    if "eos_ids" in sidecar:
+        return [int(i) for i in sidecar["eos_ids"]]
+    eos = (sidecar.get("special_tokens") or {}).get("eos_id")
+    return [] if eos is None else [int(eos)]
+
+
+def head_rules(sidecar: Dict[str, Any]) -> Dict[str, Any]:
+    """A classifier head's problem type and multi-label threshold (old sidecar: single-label)."""
+    head = sidecar.get("head") or {}
+    return {"problem_type": head.get("problem_type", HEAD_PROBLEMS[0]),
+            "threshold": float(head.get("threshold", 0.5))}

@@ -62,6 +62,7 @@ from engines.builder_config import (
     PrecisionPlan,
     check_dla,
     check_opt_level,
+    check_version_compatible,
     make_config_loader,
 )
 from engines.manifest import load_manifest, write_manifest
@@ -162,6 +163,7 @@ def build_engine(
     sidecar, plan = inputs.sidecar, inputs.plan
     profiles = profiles or build_profiles(sidecar)
     check_opt_level(options.opt_level, version)
+    check_version_compatible(options, version)
     check_polygraphy(polygraphy_version(), version)
     if options.dla_core is not None:
         jetson = trt_info.jetson_info() or {}
@@ -211,6 +213,9 @@ def _manifest_record(onnx_path: Path, plan_path: Path, inputs: BuildInputs, vers
                            "strongly_typed": plan.strongly_typed, "tf32": bool(options.tf32),
                            "summary": f"{plan.describe()}, TF32 {'on' if options.tf32 else 'off'}"},
         "tf32": bool(options.tf32),
+        # True: BuilderFlag.VERSION_COMPATIBLE, the plan loads on later TensorRT releases
+        # (a runtime must allow its embedded lean runtime: engine_host_code_allowed)
+        "version_compatible": bool(options.version_compatible),
         "int8": _int8_record(plan, source, calibration),
         "network": network_record(inputs, version),
         "tensorrt_target": tensorrt_target_record(sidecar),
@@ -223,7 +228,8 @@ def _manifest_record(onnx_path: Path, plan_path: Path, inputs: BuildInputs, vers
         "onnx": {"path": str(onnx_path), "sha256": sha256_file(onnx_path)},
         "built_from": {"path": str(source), "sha256": sha256_file(source)},
         "sidecar": sidecar,
-        "tokenizer": os.path.relpath(tokenizer_path(onnx_path, sidecar), plan_path.parent),
+        "tokenizer": (os.path.relpath(tokenizer_path(onnx_path, sidecar), plan_path.parent)
+                      if sidecar.get("tokenizer") else None),  # a feature classifier: none
         "build_options": options.to_json(),
         "accuracy_gate": accuracy_gate,
         "build_seconds": round(seconds, 3),
@@ -318,6 +324,11 @@ def _profiles_for_cli(onnx_path: Path, batch, seq, profile) -> List[ProfileSpec]
 @click.option("--tf32/--no-tf32", default=True,
               help="TF32 for the float layers (on in TensorRT and trtexec; Polygraphy alone "
                    "turns it off); --no-tf32 = strict FP32")
+@click.option("--version-compatible", is_flag=True,
+              help="TensorRT 8.6+: a version-compatible plan (BuilderFlag.VERSION_COMPATIBLE) "
+                   "that later TensorRT releases load too, e.g. a Triton image whose TensorRT "
+                   "differs from JetPack's; Triton needs --backend-config=tensorrt,"
+                   "version-compatible=true (jetson/run_triton.sh adds it)")
 @click.option("--verbose", is_flag=True, help="TensorRT's verbose build log")
 @exit_on_toolkit_error
 def main(onnx_path: Path, precision: str, output: Path | None, profile: Sequence[str],
@@ -325,10 +336,11 @@ def main(onnx_path: Path, precision: str, output: Path | None, profile: Sequence
          opt_level: int | None, timing_cache: Path | None, dla_core: int | None,
          int8_source: str, qdq_onnx: Path | None, fp16_onnx: Path | None, calib: Path | None,
          calib_cache: Path | None, accuracy_report: Path | None, max_drop: float,
-         tf32: bool, verbose: bool) -> None:
+         tf32: bool, version_compatible: bool, verbose: bool) -> None:
     """Build a TensorRT engine (Polygraphy) and its manifest <plan>.json."""
     options = BuildOptions(precision, int8_source, workspace_mib, opt_level, dla_core,
-                           str(timing_cache) if timing_cache else None, verbose, tf32)
+                           str(timing_cache) if timing_cache else None, verbose, tf32,
+                           version_compatible)
     defaults = default_artifacts(onnx_path)
     paths = {"onnx": onnx_path, "qdq_onnx": qdq_onnx or defaults["qdq_onnx"],
              "calib": calib or defaults["calib"],

@@ -117,8 +117,12 @@ def _fp16_source(onnx_path: Path, sidecar, fp16_onnx):
     return path, fp16_sidecar
 
 
-def _input_names(sidecar) -> List[str]:
-    return [t["name"] for t in sidecar["inputs"]]
+def _input_names(sidecar) -> List[Any]:
+    """Names, dtypes and shapes of the inputs (a feature graph's F is part of its shape), and
+    a feature classifier's normalization: a Q/DQ or FP16 graph made from another export of the
+    same model (other statistics, other F) is refused."""
+    inputs = [(t["name"], t.get("dtype"), list(t.get("shape", []))) for t in sidecar["inputs"]]
+    return inputs + [("feature_norm", sidecar.get("feature_norm"))]
 
 
 def keep_fp32_tensors(source_sidecar, sidecar) -> List[str]:

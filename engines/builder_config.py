@@ -63,6 +63,9 @@ class BuildOptions:
     timing_cache: str | None = None
     verbose: bool = False
     tf32: bool = True  # trtexec's default; False = strict FP32 (--no-tf32)
+    # BuilderFlag.VERSION_COMPATIBLE (TensorRT 8.6+): the plan carries its lean runtime and
+    # loads on later TensorRT releases (a server whose TensorRT differs from the builder's)
+    version_compatible: bool = False
 
     @property
     def uses_int8(self) -> bool:
@@ -180,6 +183,15 @@ def select_fp32_layers(
             "unmatched": [t for t in ordered if t not in found]}
 
 
+def check_version_compatible(options: BuildOptions, trt_version: str) -> None:
+    """BuilderFlag.VERSION_COMPATIBLE exists from TensorRT 8.6 (include/NvInfer.h at v8.6.1,
+    v10.3.0, v11.1; not at 8.5.3)."""
+    if options.version_compatible and not trt_info.at_least(trt_version, (8, 6)):
+        raise ToolkitError(f"--version-compatible: TensorRT {trt_version} has no "
+                           "version-compatible engines (BuilderFlag.VERSION_COMPATIBLE arrived "
+                           "in 8.6); drop the option or build with TensorRT 8.6+")
+
+
 def check_opt_level(opt_level: int | None, trt_version: str) -> None:
     if opt_level is not None and not trt_info.has_builder_optimization_level(trt_version):
         raise ToolkitError(f"--opt-level {opt_level}: TensorRT {trt_version} has no builder "
@@ -257,6 +269,8 @@ def create_config_kwargs(
     if options.dla_core is not None:
         kwargs["use_dla"] = True
         kwargs["allow_gpu_fallback"] = True  # transformer layers mostly run on the GPU
+    if options.version_compatible:  # Polygraphy sets BuilderFlag.VERSION_COMPATIBLE (>= 0.50.3)
+        kwargs["version_compatible"] = True
     return kwargs
 
 

@@ -135,7 +135,8 @@ def check_compatible(
     built_name = str(built_gpu.get("name", trt_info.UNKNOWN))
     built_cc = str(built_gpu.get("compute_capability", trt_info.UNKNOWN))
     problems = []
-    if not _same_release(built_trt, trt_version):
+    if not (_same_release(built_trt, trt_version) or
+            (manifest.get("version_compatible") and _later_same_major(built_trt, trt_version))):
         problems.append("TensorRT")
     if _known(built_cc, compute_capability) and built_cc != str(compute_capability):
         problems.append("compute capability")
@@ -171,6 +172,15 @@ def _same_release(built: str, here: str) -> bool:
     a, b = trt_info.parse_version(built), trt_info.parse_version(here)
     n = min(len(a), len(b))
     return a[:n] == b[:n]
+
+
+def _later_same_major(built: str, here: str) -> bool:
+    """A version-compatible plan (TensorRT >= 8.6) loads on a later release; same major only,
+    the conservative reading also used by jetson/run_triton.sh."""
+    if not _known(built, here):
+        return True
+    a, b = trt_info.parse_version(built), trt_info.parse_version(here)
+    return a[:1] == b[:1] and b >= a
 
 
 def _gpu_key(name: str) -> str:

@@ -5,8 +5,12 @@ Shapes come from named axes: a profile is first a range per axis (``batch``, ``s
 classifier; ``batch``, ``new``, ``past``, ``total`` for the decoder) and every input's shape
 follows from its axis names in the sidecar, so tied axes cannot disagree (the decoder's
 ``attention_mask`` is ``[batch, total]`` with ``total = past + new``; ``past_key_{l}`` is
-``[past, batch, kv_dim]``). Plain code, no TensorRT: the result converts to Polygraphy
-``Profile`` objects, which construct without TensorRT.
+``[past, batch, kv_dim]``). A feature classifier's ``features`` is ``[batch, seq, F]``: its
+F is a fixed size, so min = opt = max = F in every profile, as TensorRT requires of a
+dimension the network fixes (``IOptimizationProfile::setDimensions`` rule (3),
+``NvInferRuntime.h`` at 8.5.2, v10.16 and v11.1); a ``--profile`` asking another F is refused.
+Plain code, no TensorRT: the result converts to Polygraphy ``Profile`` objects, which
+construct without TensorRT.
 """
 from __future__ import annotations
 

@@ -1,14 +1,15 @@
 """Export a Hugging Face checkpoint folder to ONNX with this project's interface and sidecar.
 
     python -m export.hf --model DIR --output models/NAME.onnx [--task classifier|decoder]
-        [--trt-target 8.6|8.5]
+        [--trt-target 8.6|8.5] [--sentence-pairs]
 
 DIR is a ``save_pretrained`` folder (config.json, weights, tokenizer.json), loaded offline
 (``local_files_only``, never remote code), or a ``.pt`` checkpoint of ``train.hf_finetune``.
-BERT, DistilBERT and RoBERTa become classifiers (their sequence-classification head, or for a
-bare encoder masked mean pooling + a Linear head from ``--head-seed``); GPT-2, GPT-Neo and Llama
-become decoders with the position-major per-layer KV cache. The graph is our own wrapper of the
-model's modules (``export/hf_encoders.py``, ``export/hf_decoders.py``), traced, simplified and
+BERT, DistilBERT, RoBERTa and ELECTRA become classifiers (their sequence-classification head, or
+for a bare encoder masked mean pooling + a Linear head from ``--head-seed``; ``--sentence-pairs``
+adds ``token_type_ids`` for cross-encoders); GPT-2, GPT-Neo, Llama, Qwen2, Mistral, Phi-3 and
+Gemma become decoders with the position-major per-layer KV cache. The graph is our own wrapper of
+the model's modules (``export/hf_encoders.py``, ``export/hf_decoders.py``), traced, simplified and
 checked as ``export/onnx_model.py`` does; parity is against transformers' forward and greedy
 ``generate`` (``export/hf_parity.py``). Written atomically: NAME.onnx, NAME.onnx.json (sidecar,
 with the HF config under ``model_config``) and NAME.tokenizer.json (the folder's tokenizer.json).
@@ -23,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, List, Sequence
 
 if __package__ in (None, ""):  # run by path: python export/hf.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,7 +32,7 @@ if __package__ in (None, ""):  # run by path: python export/hf.py
 import click
 
 from common.errors import ToolkitError, exit_on_toolkit_error
-from common.fileio import sha256_file
+from common.fileio import check_writable_folder, sha256_file
 from export.norm_graph import DEFAULT_TARGET, TARGETS, check_target
 from export.onnx_model import (
     OPSET,
@@ -46,6 +47,8 @@ from export.onnx_model import (
     write_artifacts,
 )
 
+DEFAULT_DECODER_CONTEXT = 2048  # a decoder's context unless --max-seq-len says otherwise
+
 
 @dataclass(frozen=True)
 class GraphSpec:
@@ -57,6 +60,7 @@ class GraphSpec:
     num_labels: int = 0
     n_layers: int = 0
     kv_dim: int = 0
+    token_types: bool = False  # a token_type_ids input (sentence pairs)
 
 
 def export_hf(model_dir: str | Path, output: str | Path, *, task: str | None = None,
@@ -64,19 +68,25 @@ def export_hf(model_dir: str | Path, output: str | Path, *, task: str | None = N
               num_labels: int = 2, head_seed: int = 0, simplify: bool = True,
               check_parity: bool = True, parity_texts: Sequence[str] | None = None,
               greedy_tokens: int = 200, opset: int = OPSET,
-              trt_target: str = DEFAULT_TARGET) -> Path:
-    """Export ``model_dir`` to ``output`` (.onnx) with sidecar and tokenizer; returns ``output``."""
+              trt_target: str = DEFAULT_TARGET, sentence_pairs: bool = False) -> Path:
+    """Export ``model_dir`` to ``output`` (.onnx) with sidecar and tokenizer; returns ``output``.
+
+    sentence_pairs: a classifier gets a ``token_type_ids`` input for (first, second) texts."""
     from export.hf_load import load_hf
 
     started = time.perf_counter()
     output = Path(output)
     if output.suffix != ".onnx":
         raise ToolkitError(f"--output {output}: expected a path ending in .onnx")
+    check_writable_folder(output)  # before minutes of export and parity, not after
     if max_batch < 1:
         raise ToolkitError(f"--max-batch {max_batch}: expected a positive integer")
     check_target(trt_target)
     loaded = load_hf(model_dir, task=task, num_labels=num_labels, head_seed=head_seed)
-    wrapper, spec = build_wrapper(loaded, topk, max_seq_len)
+    if sentence_pairs and loaded.kind != "classifier":
+        raise ToolkitError(f"--sentence-pairs: {model_dir} is a {loaded.kind}; pairs are for "
+                           f"classifiers")
+    wrapper, spec = build_wrapper(loaded, topk, max_seq_len, sentence_pairs)
     with tempfile.TemporaryDirectory(prefix="hf-export-") as tmp:
         path = Path(tmp) / "model.onnx"
         simplifier, note = build_graph(wrapper, spec, path, topk, opset, simplify, output,
@@ -84,7 +94,8 @@ def export_hf(model_dir: str | Path, output: str | Path, *, task: str | None = N
         export_seconds = time.perf_counter() - started
         parity = None
         if check_parity:
-            parity = run_parity(loaded, spec, path, max_batch, parity_texts, greedy_tokens)
+            parity = run_parity(loaded, spec, path, max_batch, parity_texts, greedy_tokens,
+                                where=f"{output} (not written)")
             parity["seconds"] = time.perf_counter() - started - export_seconds
         graph_fields = tensorrt_fields(path, trt_target)
         onnx_bytes = path.read_bytes()
@@ -101,7 +112,7 @@ def export_hf(model_dir: str | Path, output: str | Path, *, task: str | None = N
     return output
 
 
-def build_wrapper(loaded, topk: int, max_seq_len: int | None):
+def build_wrapper(loaded, topk: int, max_seq_len: int | None, sentence_pairs: bool = False):
     """(wrapper module in eval mode, GraphSpec) of a loaded HF model."""
     if loaded.kind == "classifier":
         from export.hf_encoders import encoder_wrapper
@@ -110,13 +121,20 @@ def build_wrapper(loaded, topk: int, max_seq_len: int | None):
         limit = usable_positions(loaded.model_type, loaded.hf_config.to_dict())
         trained = getattr(getattr(loaded.model, "cfg", None), "max_seq_len", None)
         limit = min(limit, trained or limit)  # a fine-tuned model: the length it was trained at
-        wrapper = encoder_wrapper(loaded)
+        wrapper = encoder_wrapper(loaded, sentence_pairs)
         spec = GraphSpec("classifier", wrapper.vocab_size, _context(max_seq_len, limit),
-                         num_labels=len(loaded.labels))
+                         num_labels=len(loaded.labels), token_types=wrapper.token_types)
         return wrapper, spec
     from export.hf_decoders import decoder_wrapper, max_positions
 
-    seq = _context(max_seq_len, max_positions(loaded.hf_config))
+    positions = max_positions(loaded.hf_config)
+    seq = _context(max_seq_len, positions)
+    if max_seq_len is None and positions > DEFAULT_DECODER_CONTEXT:
+        # The runtime preallocates the KV cache for the whole context; 128k positions of a
+        # Llama 3.2 1B would be 8 GiB of fp32 cache on a Jetson before the first token.
+        seq = DEFAULT_DECODER_CONTEXT
+        click.echo(f"context capped at {seq} of {positions} positions; pass --max-seq-len to "
+                   "change", err=True)
     wrapper = decoder_wrapper(loaded, topk, seq)
     return wrapper, GraphSpec("decoder", wrapper.vocab_size, seq, n_layers=wrapper.n_layers,
                               kv_dim=wrapper.kv_dim)
@@ -150,7 +168,7 @@ def special_tokens(loaded) -> Dict[str, int | None]:
     def named(*names):
         return next((tok.token_to_id(n) for n in names if tok.token_to_id(n) is not None), None)
 
-    eos = first(getattr(cfg, "eos_token_id", None))
+    eos = first(eos_ids(loaded) or getattr(cfg, "eos_token_id", None))
     if eos is None:
         eos = named("<|endoftext|>", "</s>") if loaded.kind == "decoder" else None
     pad = first(getattr(cfg, "pad_token_id", None))
@@ -165,6 +183,59 @@ def special_tokens(loaded) -> Dict[str, int | None]:
             raise ToolkitError(f"{loaded.source}: {key} {value} is outside the vocabulary "
                                f"(0..{rows - 1}); fix the config's special token ids")
     return ids
+
+
+def eos_ids(loaded) -> List[int]:
+    """Every end-of-text id of a decoder: config.json's ``eos_token_id`` (an int, or a list as
+    in Llama 3) then generation_config.json's, which ``generate`` also stops on."""
+    import json
+
+    if loaded.kind != "decoder":
+        return []
+    values = [getattr(loaded.hf_config, "eos_token_id", None)]
+    gen_path = Path(loaded.source) / "generation_config.json"
+    if gen_path.is_file():
+        try:
+            values.append(json.loads(gen_path.read_text(encoding="utf-8")).get("eos_token_id"))
+        except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+            raise ToolkitError(f"{gen_path} is not a JSON object ({exc})") from None
+    ids: List[int] = []
+    for value in values:
+        for i in value if isinstance(value, (list, tuple)) else [value]:
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    return ids
+
+
+def text_fields(loaded) -> Dict[str, Any]:
+    """The sidecar's text keys (common.artifacts) of an HF model: a classifier reads text as its
+    tokenizer does (a train.hf_finetune checkpoint: as it was trained, IMDB-cleaned, head +
+    tail); a decoder's prompt is ``tokenizer(prompt)`` and every eos id stops it."""
+    import json
+
+    if loaded.kind == "decoder":
+        return {"prompt": {"prefix_ids": [], "add_special_tokens": True},
+                "eos_ids": eos_ids(loaded)}
+    if Path(loaded.source).suffix == ".pt":
+        text = {"cleaning": "imdb", "truncation": "head_tail", "special_tokens": "tokenizer"}
+    else:
+        side, config = "right", Path(loaded.source) / "tokenizer_config.json"
+        if config.is_file():
+            try:
+                side = json.loads(config.read_text(encoding="utf-8")).get(
+                    "truncation_side", "right")
+            except (ValueError, UnicodeDecodeError, AttributeError) as exc:
+                raise ToolkitError(f"{config} is not a JSON object ({exc})") from None
+        if side not in ("right", "left"):
+            raise ToolkitError(f"{config}: truncation_side {side!r}, expected right or left")
+        text = {"cleaning": "none", "truncation": side, "special_tokens": "tokenizer"}
+    from export.hf_load import SEQUENCE_CLASSIFICATION
+
+    problem = "single_label_classification"
+    if loaded.head == SEQUENCE_CLASSIFICATION:
+        problem = getattr(loaded.hf_config, "problem_type", None) or (
+            "regression" if len(loaded.labels) == 1 else problem)
+    return {"text": text, "head": {"problem_type": problem, "threshold": 0.5}}
 
 
 def build_sidecar(loaded, spec: GraphSpec, output: Path, onnx_bytes: bytes, topk: int,
@@ -189,7 +260,7 @@ def build_sidecar(loaded, spec: GraphSpec, output: Path, onnx_bytes: bytes, topk
         "tokenizer_sha256": sha256_file(loaded.tokenizer_path),
         "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
         "torch_version": torch.__version__, "onnx_version": onnx.__version__,
-        "transformers_version": transformers.__version__,
+        "transformers_version": transformers.__version__, **text_fields(loaded),
     }
     if spec.kind == "decoder":
         sidecar.update(topk=topk, kv_cache={"layers": spec.n_layers, "kv_dim": spec.kv_dim,
@@ -199,7 +270,9 @@ def build_sidecar(loaded, spec: GraphSpec, output: Path, onnx_bytes: bytes, topk
     return sidecar
 
 
-def run_parity(loaded, spec: GraphSpec, onnx_path: Path, max_batch: int, texts, greedy_tokens):
+def run_parity(loaded, spec: GraphSpec, onnx_path: Path, max_batch: int, texts, greedy_tokens,
+               where: str | None = None):
+    """Parity of the graph at ``onnx_path`` with transformers; errors name ``where``."""
     from export.hf_parity import check_hf_classifier_parity, check_hf_decoder_parity
     from export.parity import DEFAULT_BATCHES
 
@@ -208,13 +281,13 @@ def run_parity(loaded, spec: GraphSpec, onnx_path: Path, max_batch: int, texts, 
         return check_hf_classifier_parity(
             loaded.model, onnx_path, vocab_size=spec.vocab_size, max_seq_len=spec.max_seq_len,
             pad_id=special_tokens(loaded)["pad_id"], batches=batches, texts=texts,
-            tokenizer=loaded.tokenizer)
+            tokenizer=loaded.tokenizer, where=where)
     prompt = None
     if texts:
         prompt = loaded.tokenizer.encode(texts[0]).ids[: spec.max_seq_len // 2] or None
     return check_hf_decoder_parity(loaded.model, onnx_path, vocab_size=spec.vocab_size,
                                    max_seq_len=spec.max_seq_len, batches=batches,
-                                   prompt_ids=prompt, greedy_tokens=greedy_tokens)
+                                   prompt_ids=prompt, greedy_tokens=greedy_tokens, where=where)
 
 
 def describe_hf_export(output: Path) -> str:
@@ -226,6 +299,16 @@ def describe_hf_export(output: Path) -> str:
              f"), head: {config['head']}"]
     if config["head_note"]:
         lines.append(f"note: {config['head_note']}")
+    if "text" in sidecar:  # what the runtime will do with texts and logits
+        text, head = sidecar["text"], sidecar["head"]
+        pairs = any(i["name"] == "token_type_ids" for i in sidecar["inputs"])
+        lines.append(f"text: cleaning {text['cleaning']}, truncation {text['truncation']}, "
+                     f"special tokens {text['special_tokens']}{', sentence pairs' if pairs else ''}"
+                     f"; outputs: {head['problem_type']}")
+    elif "prompt" in sidecar:
+        specials = sidecar["prompt"]["add_special_tokens"]
+        lines.append(f"prompt: encoded as tokenizer(prompt{'' if specials else ', no specials'})"
+                     f", generation stops on eos ids {sidecar['eos_ids']}")
     if sidecar["parity"]:
         lines.append(f"parity reference: transformers {sidecar['transformers_version']}")
     return "\n".join(lines + [describe_export(output)])
@@ -241,7 +324,8 @@ def describe_hf_export(output: Path) -> str:
 @click.option("--max-batch", default=64, show_default=True, help="Largest batch in the sidecar.")
 @click.option("--topk", default=64, show_default=True, help="K of the decoder's top-K outputs.")
 @click.option("--max-seq-len", type=int, default=None,
-              help="Context of the graph [default: the model's positions].")
+              help="Context of the graph [default: the model's positions; for a decoder at "
+              f"most {DEFAULT_DECODER_CONTEXT}].")
 @click.option("--num-labels", default=2, show_default=True,
               help="Labels of the head made for a bare encoder.")
 @click.option("--head-seed", default=0, show_default=True,
@@ -254,15 +338,18 @@ def describe_hf_export(output: Path) -> str:
               help="Decoder: greedy tokens compared with transformers' generate.")
 @click.option("--trt-target", type=click.Choice(TARGETS), default=DEFAULT_TARGET,
               show_default=True, help=TRT_TARGET_HELP)
+@click.option("--sentence-pairs", is_flag=True,
+              help="Classifier: add a token_type_ids input for (first, second) text pairs "
+                   "(cross-encoders, NLI; BERT, RoBERTa, ELECTRA).")
 @exit_on_toolkit_error
 def main(model_dir, output, task, max_batch, topk, max_seq_len, num_labels, head_seed,
-         no_simplify, no_parity, parity_texts, greedy_tokens, trt_target) -> None:
+         no_simplify, no_parity, parity_texts, greedy_tokens, trt_target, sentence_pairs) -> None:
     """Export a Hugging Face model folder to ONNX with its sidecar and tokenizer."""
     export_hf(model_dir, output, task=task, max_batch=max_batch, topk=topk,
               max_seq_len=max_seq_len, num_labels=num_labels, head_seed=head_seed,
               simplify=not no_simplify, check_parity=not no_parity,
               parity_texts=read_texts(parity_texts), greedy_tokens=greedy_tokens,
-              trt_target=trt_target)
+              trt_target=trt_target, sentence_pairs=sentence_pairs)
     click.echo(describe_hf_export(output))
 
 

@@ -93,17 +93,6 @@ class RMSNorm(nn.Module):
         return self.weight * (x * torch.rsqrt(variance + self.eps))
 
 
-def rotate_half_gather(heads: int, head_dim: int):
-    """transformers' rotate_half on the merged (..., heads * head_dim) layout as one Gather and
-    a sign: rotate_half(x) == x[..., index] * sign, per head [-second half, first half].
-    -> (index int64, sign fp32), both (heads * head_dim,)."""
-    half = head_dim // 2
-    within = torch.cat([torch.arange(half, head_dim), torch.arange(0, half)])  # (head_dim,)
-    index = (torch.arange(heads)[:, None] * head_dim + within).reshape(-1)
-    sign = torch.cat([-torch.ones(half), torch.ones(half)]).repeat(heads)
-    return index, sign
-
-
 def fused_projection(q: nn.Linear, k: nn.Linear, v: nn.Linear, scale: float) -> nn.Linear:
     """One nn.Linear whose outputs are [q | k | v], the attention scale folded into q's rows.
 
@@ -121,6 +110,19 @@ def fused_projection(q: nn.Linear, k: nn.Linear, v: nn.Linear, scale: float) -> 
         fused.weight.copy_(torch.cat(weights, dim=0))
         if has_bias:
             fused.bias.copy_(torch.cat(biases, dim=0))
+    return fused
+
+
+def packed_projection(qkv: nn.Linear, q_dim: int, scale: float) -> nn.Linear:
+    """A copy of an already fused [q | k | v] nn.Linear (Phi-3's ``qkv_proj``) with the
+    attention scale folded into its first ``q_dim`` rows, as ``fused_projection`` does."""
+    fused = nn.Linear(qkv.weight.shape[1], qkv.weight.shape[0], bias=qkv.bias is not None)
+    with torch.no_grad():
+        fused.weight.copy_(qkv.weight)
+        fused.weight[:q_dim] *= scale
+        if qkv.bias is not None:
+            fused.bias.copy_(qkv.bias)
+            fused.bias[:q_dim] *= scale
     return fused
 
 

@@ -1,4 +1,5 @@
-"""Export wrappers of Hugging Face decoders (GPT-2, GPT-Neo, Llama): CONTRIBUTING.md's decoder
+"""Export wrappers of Hugging Face decoders (GPT-2, GPT-Neo here; the rotary families Llama,
+Qwen2, Mistral, Phi-3 and Gemma in ``export/hf_decoder_families.py``): CONTRIBUTING.md's decoder
 interface with the zero-copy cache the runtime binds.
 
 Inputs: input_ids, position_ids (batch, new) int32; attention_mask (batch, past + new) int32;
@@ -14,8 +15,12 @@ rotary tables) made once: ONNX Runtime's CPU provider pays per node, and the gra
 ONNX for TensorRT. Rotary is applied on the merged (batch, new, heads * head_dim) layout as ``x
 * cos + x[..., rotate_index] * sign * sin`` (one Gather, no Slice/Neg/Concat). Keys are cached
 after rotary (Llama), as transformers caches them, so a decode step rotates only its new key.
-Causality is over physical cache positions (a bool table sliced at ``past``, like our own
-decoder); GPT-Neo's local layers also hide keys ``window_size`` or more positions back.
+Causality is over physical cache positions, as transformers' masks are (``q_idx``/``kv_idx``
+in ``masking_utils``): the graph numbers the keys 0..total-1 and the queries past..total-1 with
+``Range`` and compares them, so no mask table is stored and the file does not grow with the
+context. A layer with a window (GPT-Neo's local layers, Mistral's and Phi-3's sliding window,
+Qwen2's sliding layers) also hides keys ``window`` or more positions back; one mask is made per
+distinct window, before the layers.
 ``position_ids`` drive the learned position table or the rotary angles, so a left-padded row
 starts at position 0 on its first real token.
 """
@@ -29,17 +34,16 @@ import torch.nn.functional as F
 
 from common.errors import ToolkitError
 from export.hf_attention import (
-    RMSNorm,
     activation,
     attend_cache,
     fused_projection,
     linear_from_conv1d,
-    rotate_half_gather,
     split_linear,
 )
+from export.hf_rope import rotate_half_gather
 from export.wrappers import DecoderForExport as OwnDecoderForExport
 
-STATIC_ROPE_TYPES = ("default", "linear", "llama3")  # inv_freq fixed, whatever the length
+ROTARY_FAMILIES = ("llama", "qwen2", "mistral", "phi3", "gemma")  # hf_decoder_families.py
 
 
 class FeedForward(nn.Module):
@@ -51,30 +55,20 @@ class FeedForward(nn.Module):
         return self.fc_out(self.act(self.fc_in(x)))
 
 
-class GatedFeedForward(nn.Module):
-    """Llama: down(act(gate(x)) * up(x))."""
-
-    def __init__(self, gate: nn.Module, up: nn.Module, down: nn.Module, act):
-        super().__init__()
-        self.gate, self.up, self.down, self.act = gate, up, down, act
-
-    def forward(self, x):
-        return self.down(self.act(self.gate(x)) * self.up(x))
-
-
 class DecoderBlock(nn.Module):
-    """Pre-norm block: x += attn(norm_1(x)); x += mlp(norm_2(x)). local: GPT-Neo local layer.
+    """Pre-norm block: x += attn(norm_1(x)); x += mlp(norm_2(x)).
 
     qkv: ``export.hf_attention.fused_projection`` of the model's q/k/v (the attention scale
-    folded into q), so a layer's attention inputs are one MatMul.
+    folded into q), so a layer's attention inputs are one MatMul. window: 0 for a global layer,
+    else a key is visible from query i only when 0 <= i - j < window.
     """
 
     def __init__(self, norm_1, qkv, o, norm_2, mlp, heads: int, kv_heads: int, head_dim: int,
-                 local: bool = False):
+                 window: int = 0):
         super().__init__()
         self.norm_1, self.norm_2 = norm_1, norm_2
         self.qkv, self.o, self.mlp = qkv, o, mlp
-        self.heads, self.kv_heads, self.head_dim, self.local = heads, kv_heads, head_dim, local
+        self.heads, self.kv_heads, self.head_dim, self.window = heads, kv_heads, head_dim, window
         self.q_dim, self.kv_dim = heads * head_dim, kv_heads * head_dim
 
 
@@ -83,8 +77,8 @@ class HFDecoderForExport(nn.Module):
 
     def __init__(self, embed: nn.Embedding, pos: Optional[nn.Embedding], blocks: List[DecoderBlock],
                  norm_f: nn.Module, lm_head: nn.Module, max_seq_len: int, topk: int,
-                 window: int = 0, inv_freq: Optional[torch.Tensor] = None,
-                 rope_scaling: float = 1.0):
+                 inv_freq: Optional[torch.Tensor] = None, rope_scaling: float = 1.0,
+                 embed_scale: float = 1.0):
         super().__init__()
         vocab = lm_head.weight.shape[0]
         if not 1 <= topk <= vocab:
@@ -93,12 +87,11 @@ class HFDecoderForExport(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.topk, self.n_layers, self.vocab_size = topk, len(blocks), vocab
         self.kv_dim = blocks[0].kv_dim
-        # Tables of what a query may NOT see, so the graph needs no Not: (max_seq, max_seq) bool
-        causal = torch.tril(torch.ones((max_seq_len, max_seq_len), dtype=torch.bool))
-        self.register_buffer("future", ~causal, persistent=False)
-        if window:  # key j is visible from query i when 0 <= i - j < window
-            local = causal & ~torch.tril(torch.ones_like(causal), diagonal=-window)
-            self.register_buffer("outside_window", ~local, persistent=False)
+        for block in blocks:  # a window as long as the context never hides a key
+            if block.window >= max_seq_len:
+                block.window = 0
+        self.windows = sorted({b.window for b in blocks})
+        self.embed_scale = embed_scale  # Gemma: sqrt(hidden), transformers' fp32 scalar
         self.rotary = inv_freq is not None
         if self.rotary:
             # transformers' cat([freqs, freqs]) per head, tiled over the q and k heads of the
@@ -137,14 +130,14 @@ class HFDecoderForExport(nn.Module):
         total = past_len + input_ids.shape[1]
         # F.embedding, not the module: a padding_idx only matters for training
         x = F.embedding(input_ids.to(torch.int64), self.embed.weight)  # (batch, new, hidden)
+        if self.embed_scale != 1.0:
+            x = x * self.embed_scale  # an fp32 constant, as transformers multiplies
         if self.pos is not None:
             x = x + self.pos(position_ids.to(torch.int64))
         group = self.blocks[0].heads // self.blocks[0].kv_heads
         key_hidden = (attention_mask == torch.zeros((), dtype=attention_mask.dtype))[
             :, None, None, :]  # (batch, 1, 1, total); an int32 zero, so no Cast of the mask
-        blocked = self._blocked(self.future, past_len, total, key_hidden, group)
-        blocked_local = (self._blocked(self.outside_window, past_len, total, key_hidden, group)
-                         if hasattr(self, "outside_window") else blocked)
+        blocked = self._blocked_by_window(past_len, total, key_hidden, group)
         if self.rotary:
             cos_qk, sin_qk = self._rotary_tables(position_ids)  # (batch, new, q_dim + kv_dim)
         for block, past_k, past_v in zip(self.blocks, past_keys, past_values):
@@ -161,16 +154,26 @@ class HFDecoderForExport(nn.Module):
             keys = torch.cat([past_k, k_new], dim=0)  # (total, batch, kv_dim)
             values = torch.cat([past_v, v_new], dim=0)
             windows += [keys, values]
-            x = x + block.o(attend_cache(q, keys, values, blocked_local if block.local
-                                         else blocked, block.kv_heads, group, block.head_dim))
+            x = x + block.o(attend_cache(q, keys, values, blocked[block.window],
+                                         block.kv_heads, group, block.head_dim))
             x = x + block.mlp(block.norm_2(x))
         return self.lm_head(self.norm_f(x))
 
-    @staticmethod
-    def _blocked(table, past_len, total, key_hidden, group: int) -> torch.Tensor:
-        """(batch, 1, group * new, total) bool, True where a query may not see a key."""
-        hidden = table[past_len:total, :total][None, None] | key_hidden  # (b, 1, new, total)
-        return hidden.repeat(1, 1, group, 1) if group > 1 else hidden
+    def _blocked_by_window(self, past_len, total, key_hidden, group: int):
+        """{window: (batch, 1, group * new, total) bool}, True where a query may not see a key.
+
+        Built from Range + comparisons on the physical positions (no stored n x n table):
+        offset[i, j] = j - (past + i); a key is in the future when offset > 0 and outside a
+        window when offset <= -window."""
+        offset = (torch.arange(total)[None, :]
+                  - torch.arange(past_len, total)[:, None])  # (new, total) int64
+        future = offset > 0
+        masks = {}
+        for window in self.windows:
+            hidden = future | (offset <= -window) if window else future
+            hidden = hidden[None, None] | key_hidden  # (batch, 1, new, total)
+            masks[window] = hidden.repeat(1, 1, group, 1) if group > 1 else hidden
+        return masks
 
     def _rotary_tables(self, position_ids):
         """cos and sin (transformers' attention_scaling applied) tiled over the q and k heads of
@@ -196,7 +199,11 @@ class HFDecoderForExport(nn.Module):
 
 def decoder_wrapper(loaded, topk: int, max_seq_len: int) -> HFDecoderForExport:
     """The export wrapper of an ``export.hf_load.HFModel`` decoder, in eval mode."""
-    build = {"gpt2": _gpt2, "gpt_neo": _gpt_neo, "llama": _llama}[loaded.model_type]
+    if loaded.model_type in ROTARY_FAMILIES:
+        from export.hf_decoder_families import rotary_decoder
+
+        return rotary_decoder(loaded.model, topk, max_seq_len).eval()
+    build = {"gpt2": _gpt2, "gpt_neo": _gpt_neo}[loaded.model_type]
     return build(loaded.model, topk, max_seq_len).eval()
 
 
@@ -236,36 +243,7 @@ def _gpt_neo(model, topk: int, max_seq_len: int) -> HFDecoderForExport:
         qkv = fused_projection(attn.q_proj, attn.k_proj, attn.v_proj, 1.0)
         blocks.append(DecoderBlock(lyr.ln_1, qkv, attn.out_proj, lyr.ln_2, mlp, cfg.num_heads,
                                    cfg.num_heads, cfg.hidden_size // cfg.num_heads,
-                                   local=lyr.attn.attention_type == "local"))
-    window = cfg.window_size if any(b.local for b in blocks) else 0
+                                   window=(cfg.window_size if lyr.attn.attention_type == "local"
+                                           else 0)))
     return HFDecoderForExport(base.wte, base.wpe, blocks, base.ln_f, model.lm_head, max_seq_len,
-                              topk, window=window)
-
-
-def _llama(model, topk: int, max_seq_len: int) -> HFDecoderForExport:
-    cfg, base = model.config, model.model
-    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in STATIC_ROPE_TYPES:
-        raise ToolkitError(f"llama rope_type {rope_type!r} is not supported; expected one of "
-                           f"{list(STATIC_ROPE_TYPES)}")
-    act = activation(cfg.hidden_act, "llama hidden_act")
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    kv_heads = cfg.num_key_value_heads or cfg.num_attention_heads
-    blocks = []
-    for lyr in base.layers:
-        attn, mlp = lyr.self_attn, lyr.mlp
-        qkv = fused_projection(attn.q_proj, attn.k_proj, attn.v_proj, head_dim ** -0.5)
-        blocks.append(DecoderBlock(
-            RMSNorm(lyr.input_layernorm.weight, lyr.input_layernorm.variance_epsilon),
-            qkv, attn.o_proj,
-            RMSNorm(lyr.post_attention_layernorm.weight,
-                    lyr.post_attention_layernorm.variance_epsilon),
-            GatedFeedForward(mlp.gate_proj, mlp.up_proj, mlp.down_proj, act),
-            cfg.num_attention_heads, kv_heads, head_dim))
-    norm = RMSNorm(base.norm.weight, base.norm.variance_epsilon)
-    rotary = base.rotary_emb
-    return HFDecoderForExport(base.embed_tokens, None, blocks, norm, model.lm_head, max_seq_len,
-                              topk, inv_freq=rotary.inv_freq,
-                              rope_scaling=float(rotary.attention_scaling))
-
+                              topk)

@@ -17,8 +17,8 @@ from typing import Any, Dict, List, Optional
 from common.errors import ToolkitError
 from common.fileio import sha256_file
 
-ENCODERS = ("bert", "distilbert", "roberta")
-DECODERS = ("gpt2", "gpt_neo", "llama")
+ENCODERS = ("bert", "distilbert", "roberta", "electra")
+DECODERS = ("gpt2", "gpt_neo", "llama", "qwen2", "mistral", "phi3", "gemma")
 KIND_OF = {**{t: "classifier" for t in ENCODERS}, **{t: "decoder" for t in DECODERS}}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -114,18 +114,11 @@ def check_architecture(folder: Path, raw: Dict[str, Any]) -> str:
 
 
 def weight_files(folder: Path) -> List[Path]:
-    for name in WEIGHT_FILES:
-        path = folder / name
-        if path.is_file():
-            if name.endswith(".index.json"):
-                index = json.loads(path.read_text(encoding="utf-8"))
-                shards = sorted({folder / s for s in index.get("weight_map", {}).values()})
-                missing = [s.name for s in shards if not s.is_file()]
-                if missing or not shards:
-                    raise ToolkitError(f"{path}: weight shards missing: {missing or 'none listed'}")
-                return shards
-            return [path]
-    raise ToolkitError(f"{folder}: no weights (expected one of {', '.join(WEIGHT_FILES)})")
+    """The folder's weight files, each checked to open (empty, truncated or random bytes are one
+    line naming the file): ``train.hf_model.weight_files``, shared with train.hf_finetune."""
+    from train.hf_model import weight_files as checked_weight_files
+
+    return checked_weight_files(folder)
 
 
 def _read_tokenizer(path: Path):
@@ -172,9 +165,10 @@ def _build(folder: Path, raw: Dict[str, Any], kind: str, num_labels: int, head_s
         model, info = cls.from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=False, dtype=torch.float32,
             output_loading_info=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ToolkitError(f"{folder}: transformers cannot load it offline ({first})") from None
+    except Exception as exc:  # safetensors, torch.load and transformers raise many kinds
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ToolkitError(f"{folder}: transformers cannot load it offline "
+                           f"({type(exc).__name__}: {first})") from None
     # A bare encoder's pooler is never used (mean pooling), so its absence does not matter.
     missing = [k for k in info.get("missing_keys", []) if head or "pooler" not in k]
     if missing:
@@ -217,6 +211,7 @@ def labels_of(config, head: str, num_labels: int) -> List[str]:
 def _load_finetuned(path: Path, task: Optional[str]) -> HFModel:
     from train.checkpoint import load_checkpoint
     from train.hf_model import MEAN_LINEAR_HEAD, HFEncoderClassifier
+    from train.hf_model import SEQUENCE_CLASSIFICATION as OWN_HEAD
 
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt.model, HFEncoderClassifier):
@@ -232,7 +227,12 @@ def _load_finetuned(path: Path, task: Optional[str]) -> HFModel:
         raise ToolkitError(f"{path}: no {tokenizer_path.name} beside the checkpoint")
     tokenizer = _read_tokenizer(tokenizer_path)
     check_vocabulary(tokenizer, tokenizer_path, ckpt.model)
+    model, head, note = ckpt.model, MEAN_LINEAR_HEAD, "fine-tuned with train.hf_finetune"
+    if ckpt.config.head == OWN_HEAD:  # the folder's own head, continued: export it as one
+        model, head = ckpt.model.encoder, SEQUENCE_CLASSIFICATION
+        model.cfg = ckpt.config  # export.hf reads the trained context (max_seq_len) here
+        note += " (its own sequence-classification head)"
     return HFModel(source=path, model_type=ckpt.config.model_type, kind="classifier",
-                   model=ckpt.model, hf_config=ckpt.model.encoder.config, tokenizer=tokenizer,
-                   tokenizer_path=tokenizer_path, head=MEAN_LINEAR_HEAD, labels=labels,
-                   head_note="fine-tuned with train.hf_finetune", weight_files=[path])
+                   model=model, hf_config=ckpt.model.encoder.config, tokenizer=tokenizer,
+                   tokenizer_path=tokenizer_path, head=head, labels=labels,
+                   head_note=note, weight_files=[path])

@@ -10,7 +10,9 @@ wrapper's PyTorch code, so a mistake in the wrapper cannot hide behind a shared 
 - greedy: token for token against ``model.generate`` (greedy, transformers' KV cache), with the
   graph decoding one token a step on its cache, end-of-text switched off so both run the full
   length.
-A difference beyond the tolerance is a ToolkitError; the figures go into the sidecar.
+A difference beyond the tolerance is a ToolkitError, so is NaN/Inf on either side of any
+comparison; the figures go into the sidecar. ``where`` names the file in the messages (the
+exporter passes the output it has not written yet; ``onnx_path`` is a temporary there).
 """
 from __future__ import annotations
 
@@ -30,8 +32,12 @@ from export.parity import (
     _summarise,
     cache_suffixes,
     decoder_feeds,
+    max_abs_diff,
     ort_session,
     tokenize_batch,
+    top1_verdict,
+    weights_note,
+    worst_of,
 )
 
 REFERENCE = "transformers"
@@ -41,10 +47,11 @@ DECODER_PARITY_SEQ = 64  # longest random sequence of the decoder cases (a real 
 def classifier_reference(model) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """ids, mask (batch, seq) int -> logits (batch, labels) fp32, from the transformers model
     (``*ForSequenceClassification``) or its mean-pooling wrapper (``HFEncoderClassifier``)."""
-    def run(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def run(ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None = None) -> np.ndarray:
         ids_t, mask_t = torch.from_numpy(ids).long(), torch.from_numpy(mask).long()
+        extra = {} if types is None else {"token_type_ids": torch.from_numpy(types).long()}
         with torch.no_grad():
-            out = model(input_ids=ids_t, attention_mask=mask_t)
+            out = model(input_ids=ids_t, attention_mask=mask_t, **extra)
         return (out.logits if hasattr(out, "logits") else out).float().numpy()
     return run
 
@@ -61,7 +68,8 @@ def check_hf_classifier_parity(model, onnx_path: str | os.PathLike, *, vocab_siz
                                max_seq_len: int, pad_id: int | None,
                                batches: Sequence[int] = DEFAULT_BATCHES,
                                texts: Sequence[str] | None = None, tokenizer=None,
-                               tolerance: float = CLASSIFIER_TOLERANCE, seed: int = 0):
+                               tolerance: float = CLASSIFIER_TOLERANCE, seed: int = 0,
+                               where: str | os.PathLike | None = None):
     reference = classifier_reference(model)
     session = ort_session(onnx_path)
     rng = np.random.default_rng(seed)
@@ -74,21 +82,29 @@ def check_hf_classifier_parity(model, onnx_path: str | os.PathLike, *, vocab_siz
     if texts:
         ids, mask = tokenize_batch(tokenizer, texts, max_seq_len, pad_id=pad_id or 0)
         cases.append(_classifier_case(reference, session, ids, mask, "text"))
-    summary = _summarise(cases, tolerance, onnx_path, f"classifier logits vs {REFERENCE}")
+    summary = _summarise(cases, tolerance, where or onnx_path, "classifier logits", REFERENCE,
+                         model)
     return {"reference": REFERENCE, **summary}
 
 
 def _classifier_case(reference, session, ids, mask, source) -> Dict[str, Any]:
-    expected = reference(ids, mask)
-    (got,) = session.run(["logits"], {"input_ids": ids, "attention_mask": mask})
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    types = None
+    if "token_type_ids" in {i.name for i in session.get_inputs()}:  # a sentence-pair model
+        types = np.zeros_like(ids)  # (batch, seq) int32: the second half is the second text
+        types[:, ids.shape[1] // 2:] = 1
+        feeds["token_type_ids"] = types
+    expected = reference(ids, mask, types)
+    (got,) = session.run(["logits"], feeds)
     return {"source": source, "batch": int(ids.shape[0]), "seq": int(ids.shape[1]),
-            "max_abs_diff": float(np.max(np.abs(got - expected)))}
+            "max_abs_diff": max_abs_diff(got, expected)}
 
 
 def check_hf_decoder_parity(model, onnx_path: str | os.PathLike, *, vocab_size: int,
                             max_seq_len: int, batches: Sequence[int] = DEFAULT_BATCHES,
                             prompt_ids: Sequence[int] | None = None, greedy_tokens: int = 200,
-                            tolerance: float = DECODER_TOLERANCE, seed: int = 0):
+                            tolerance: float = DECODER_TOLERANCE, seed: int = 0,
+                            where: str | os.PathLike | None = None):
     session = ort_session(onnx_path)
     rng = np.random.default_rng(seed)
     longest = min(max_seq_len, DECODER_PARITY_SEQ)
@@ -97,11 +113,12 @@ def check_hf_decoder_parity(model, onnx_path: str | os.PathLike, *, vocab_size: 
         for seq in sorted({1, min(17, longest), longest}):
             ids = rng.integers(0, vocab_size, (batch, seq), dtype=np.int32)  # (batch, seq)
             cases += _decoder_cases(model, session, ids)
-    summary = _summarise(cases, tolerance, onnx_path, f"decoder logits vs {REFERENCE}")
+    summary = _summarise(cases, tolerance, where or onnx_path, "decoder logits", REFERENCE,
+                         model)
     if prompt_ids is None:
         prompt_ids = rng.integers(0, vocab_size, 8).tolist()
     summary["greedy"] = check_hf_greedy(model, session, prompt_ids, greedy_tokens, max_seq_len,
-                                        tolerance, onnx_path)
+                                        tolerance, where or onnx_path)
     return {"reference": REFERENCE, **summary}
 
 
@@ -137,18 +154,18 @@ def _decoder_cases(model, session, ids: np.ndarray) -> List[Dict[str, Any]]:
         feeds["position_ids"] = np.ascontiguousarray(positions[:, past:])
         got = dict(zip(names, session.run(names, feeds)))
         real = mask[:, past:].astype(bool)  # padding positions have no meaningful logits
-        diffs = [np.max(np.abs(got["logits"] - expected[:, past:])[real])]
+        diffs = [max_abs_diff(got["logits"][real], expected[:, past:][real])]
         k = got["topk_values"].shape[1]
         top_values = -np.sort(-expected[:, -1], axis=-1)[:, :k]  # (batch, K) descending
-        diffs.append(np.max(np.abs(got["topk_values"] - top_values)))
+        diffs.append(max_abs_diff(got["topk_values"], top_values))
         for name, past_part in zip(suffixes, cache):  # each window is past + this call's new
             if f"present_{name}" in got:
                 window = np.concatenate([past_part, got[f"new_{name}"]])
-                diffs.append(np.max(np.abs(got[f"present_{name}"] - window)))
+                diffs.append(max_abs_diff(got[f"present_{name}"], window))
         top1_match = np.array_equal(got["topk_indices"][:, 0], expected[:, -1].argmax(-1))
         cases.append({"source": "random", "batch": int(batch), "past": int(past),
                       "new": int(seq - past), "top1_match": bool(top1_match),
-                      "max_abs_diff": float(max(diffs)) if top1_match else float("inf")})
+                      "max_abs_diff": top1_verdict(worst_of(diffs), top1_match)})
     return cases
 
 
@@ -199,7 +216,11 @@ def check_hf_greedy(model, session, prompt_ids, n_tokens: int, max_seq_len: int,
         feeds = decoder_feeds(new_ids, past, np.ones((1, len(ids)), np.int32), cache)
         got = dict(zip(names, session.run(names, feeds)))
         cache = [np.concatenate([c, got[f"new_{name}"]]) for c, name in zip(cache, suffixes)]
-        worst = max(worst, float(np.max(np.abs(got["logits"][0, -1] - want_logits[step]))))
+        diff = max_abs_diff(got["logits"][0, -1], want_logits[step])
+        if np.isnan(diff):  # argmax of NaN logits is "equal" on both sides
+            raise ToolkitError(f"{onnx_path}: greedy step {step}: logits hold NaN/Inf through "
+                               f"ONNX Runtime or transformers' generate{weights_note(model)}")
+        worst = max(worst, diff)
         token = int(got["topk_indices"][0, 0])
         if token != want_tokens[step]:
             top2 = np.sort(want_logits[step])[-2:]

@@ -37,7 +37,7 @@ from common.artifacts import (
     write_onnx_sidecar,
 )
 from common.errors import ToolkitError, exit_on_toolkit_error
-from common.fileio import atomic_write_bytes, sha256_file
+from common.fileio import atomic_write_bytes, check_writable_folder, sha256_file
 from export.norm_graph import DEFAULT_TARGET, TARGETS, check_target, layernorm_style
 
 OPSET = 17
@@ -74,10 +74,17 @@ def export_checkpoint(
     output = Path(output)
     if output.suffix != ".onnx":
         raise ToolkitError(f"--output {output}: expected a path ending in .onnx")
+    check_writable_folder(output)  # before the export and parity, not after
     if max_batch < 1:
         raise ToolkitError(f"max_batch={max_batch}: expected a positive integer")
     check_target(trt_target)
     ckpt = load_checkpoint(checkpoint, kind=kind)
+    if getattr(ckpt.config, "feature_dim", 0) > 0:  # float features, no tokenizer
+        from export.feature_model import export_feature_checkpoint
+
+        return export_feature_checkpoint(ckpt, output, max_batch=max_batch, simplify=simplify,
+                                         check_parity=check_parity, opset=opset,
+                                         trt_target=trt_target, started=started)
     tokenizer = load_tokenizer(ckpt.tokenizer_path)
     topk = topk if ckpt.kind == "decoder" else 0  # the wrapper refuses K outside 1..vocab
     with tempfile.TemporaryDirectory(prefix="onnx-export-") as tmp:
@@ -87,7 +94,7 @@ def export_checkpoint(
         parity = None
         if check_parity:
             parity = run_parity(ckpt.model, final, ckpt.config, max_batch, tokenizer,
-                                parity_texts, greedy_tokens)
+                                parity_texts, greedy_tokens, where=f"{output} (not written)")
             parity["seconds"] = time.perf_counter() - started - export_seconds
         graph_fields = tensorrt_fields(final, trt_target)
         onnx_bytes = final.read_bytes()
@@ -173,8 +180,21 @@ def build_sidecar(ckpt, tokenizer, output: Path, onnx_bytes: bytes, topk: int, o
         "checkpoint_sha256": ckpt.sha256(), "tokenizer_sha256": sha256_file(ckpt.tokenizer_path),
         "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
         "torch_version": torch.__version__, "onnx_version": onnx.__version__,
-        **kind_fields(cfg, ckpt.state, topk),
+        **kind_fields(cfg, ckpt.state, topk), **own_text_fields(cfg.kind, special_ids(tokenizer)),
     }
+
+
+def own_text_fields(kind: str, special: Dict[str, Any]) -> Dict[str, Any]:
+    """Our models' text keys (common.artifacts): IMDB cleaning, head + tail, <cls> first for a
+    classifier; <|endoftext|> before each prompt, and the one end-of-text id, for a decoder."""
+    from common.artifacts import OWN_TEXT
+
+    if kind == "classifier":
+        return {"text": dict(OWN_TEXT),
+                "head": {"problem_type": "single_label_classification", "threshold": 0.5}}
+    eos = special.get("eos_id")
+    ids = [] if eos is None else [int(eos)]
+    return {"prompt": {"prefix_ids": ids, "add_special_tokens": False}, "eos_ids": ids}
 
 
 def tokenizer_file(output: Path) -> Path:
@@ -199,6 +219,8 @@ def io_spec(cfg, topk: int) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]
     if cfg.kind == "classifier":
         inputs = [t("input_ids", "int32", "batch", "seq"),
                   t("attention_mask", "int32", "batch", "seq")]
+        if getattr(cfg, "token_types", False):  # sentence pairs (export.hf_encoders)
+            inputs.append(t("token_type_ids", "int32", "batch", "seq"))
         return inputs, [t("logits", "float32", "batch", cfg.num_labels)]
     layers = range(cfg.n_layers)
     inputs = [t("input_ids", "int32", "batch", "new"), t("position_ids", "int32", "batch", "new"),
@@ -301,16 +323,17 @@ def check_graph(model, inputs, outputs, n_layernorms: int, opset: int, where: Pa
                            "nn.LayerNorm modules (LayerNorm decomposed or lost)")
 
 
-def run_parity(model, onnx_path, cfg, max_batch, tokenizer, texts, greedy_tokens):
+def run_parity(model, onnx_path, cfg, max_batch, tokenizer, texts, greedy_tokens, where=None):
+    """Parity of the (temporary) graph at ``onnx_path``; errors name ``where``."""
     from export.parity import DEFAULT_BATCHES, check_classifier_parity, check_decoder_parity
 
     batches = sorted({min(b, max_batch) for b in DEFAULT_BATCHES})
     if cfg.kind == "classifier":
         return check_classifier_parity(model, onnx_path, batches=batches, texts=texts,
-                                       tokenizer=tokenizer)
+                                       tokenizer=tokenizer, where=where)
     prompt = tokenizer.encode(texts[0]).ids[: cfg.max_seq_len // 2] if texts else None
     return check_decoder_parity(model, onnx_path, batches=batches, prompt_ids=prompt or None,
-                                greedy_tokens=greedy_tokens)
+                                greedy_tokens=greedy_tokens, where=where)
 
 
 def describe_export(output: Path) -> str:
@@ -318,9 +341,10 @@ def describe_export(output: Path) -> str:
     from export.preflight import format_preflight
 
     sidecar = load_onnx_sidecar(output)
-    tokenizer = output.parent / sidecar["tokenizer"]
-    lines = [f"wrote {p} ({p.stat().st_size / 1e6:.2f} MB)"
-             for p in (output, sidecar_path(output), tokenizer)]
+    written = [output, sidecar_path(output)]
+    if sidecar["tokenizer"]:  # a feature classifier has none
+        written.append(output.parent / sidecar["tokenizer"])
+    lines = [f"wrote {p} ({p.stat().st_size / 1e6:.2f} MB)" for p in written]
     lines.append(f"{sidecar['kind']}, opset {sidecar['opset']}, exported in "
                  f"{sidecar['export_seconds']:.1f} s, simplifier: {sidecar['simplifier']}")
     lines += _describe_target(sidecar)
@@ -345,7 +369,8 @@ def _describe_target(sidecar: Dict[str, Any]) -> List[str]:
 def _describe_parity(parity: Dict[str, Any] | None) -> List[str]:
     if parity is None:
         return ["parity: skipped (--no-parity)"]
-    lines = [f"parity vs PyTorch (tolerance {parity['tolerance']:.0e}): "
+    reference = parity.get("reference", "PyTorch")  # HF exports: "transformers"
+    lines = [f"parity vs {reference} (tolerance {parity['tolerance']:.0e}): "
              f"max |diff| {parity['max_abs_diff']:.2e} over {len(parity['cases'])} cases "
              f"in {parity['seconds']:.1f} s"]
     for case in parity["cases"]:
@@ -353,8 +378,9 @@ def _describe_parity(parity: Dict[str, Any] | None) -> List[str]:
         lines.append(f"  {case['source']:6s} {shape}: {case['max_abs_diff']:.2e}")
     greedy = parity.get("greedy")
     if greedy:
+        who = "transformers' generate" if reference == "transformers" else f"{reference}'s"
         lines.append(f"  greedy: {greedy['tokens']} tokens after a {greedy['prompt_tokens']}-token "
-                     f"prompt equal PyTorch's; max |diff| {greedy['max_abs_diff']:.2e}")
+                     f"prompt equal {who}; max |diff| {greedy['max_abs_diff']:.2e}")
     return lines
 
 

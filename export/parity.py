@@ -6,10 +6,14 @@ sequence sizes (random ids, and real tokenized text when given). Decoder: logits
 keys/values for prefill, decode and chunked calls with a past, then greedy decoding through the
 graph's KV-cache interface, token for token against PyTorch recomputing the whole sequence (so
 a cache bug cannot hide behind a shared code path). Each function returns the figures; a
-difference beyond the stated tolerance is a ToolkitError.
+difference beyond the stated tolerance is a ToolkitError, and so is NaN or Inf on either side of
+any comparison (``nan > tolerance`` is False and max()/argmax pass NaN through, so a model with
+NaN weights would otherwise "match" its graph). ``where`` names the file in the messages: the
+exporters check a temporary graph and pass the output path they have not written yet.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Dict, List, Sequence
 
@@ -46,6 +50,7 @@ def check_classifier_parity(
     tokenizer=None,
     tolerance: float = CLASSIFIER_TOLERANCE,
     seed: int = 0,
+    where: str | os.PathLike | None = None,
 ) -> Dict[str, Any]:
     """Max |logit difference| per (batch, seq) case; raises ToolkitError above ``tolerance``."""
     cfg = model.cfg
@@ -60,14 +65,57 @@ def check_classifier_parity(
     if texts:
         ids, mask = tokenize_batch(tokenizer, texts, cfg.max_seq_len, pad_id=cfg.pad_id)
         cases.append(_classifier_case(model, session, ids, mask, "text"))
-    return _summarise(cases, tolerance, onnx_path, "classifier logits")
+    return _summarise(cases, tolerance, where or onnx_path, "classifier logits", model=model)
+
+
+def check_feature_parity(
+    model: torch.nn.Module,
+    onnx_path: str | os.PathLike,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    batches: Sequence[int] = DEFAULT_BATCHES,
+    seqs: Sequence[int] | None = None,
+    windows: Sequence[np.ndarray] | None = None,
+    tolerance: float = CLASSIFIER_TOLERANCE,
+    seed: int = 0,
+) -> Dict[str, Any]:
+    """A feature classifier: the graph on raw features against PyTorch on the features
+    normalized with (mean, std) as training did. Random raw features drawn around the
+    training statistics per (batch, seq) case, and ``windows`` (real (batch, seq, F) raw
+    features, right-padded with a zero row) when given."""
+    cfg = model.cfg
+    session = ort_session(onnx_path)
+    rng = np.random.default_rng(seed)
+    mean_a = np.asarray(mean, np.float32)  # (F,)
+    std_a = np.asarray(std, np.float32)  # (F,)
+    cases = []
+    for batch in batches:
+        for seq in seqs or default_seqs(cfg.max_seq_len):
+            raw = (rng.standard_normal((batch, seq, cfg.feature_dim)) * std_a + mean_a
+                   ).astype(np.float32)  # (batch, seq, F)
+            cases.append(_feature_case(model, session, raw, _right_padded_mask(batch, seq),
+                                       mean_a, std_a, "random"))
+    for window in windows or ():
+        raw = np.asarray(window, np.float32)  # (batch, seq, F)
+        mask = np.ones(raw.shape[:2], np.int32)  # (batch, seq)
+        cases.append(_feature_case(model, session, raw, mask, mean_a, std_a, "data"))
+    return _summarise(cases, tolerance, onnx_path, "feature classifier logits")
+
+
+def _feature_case(model, session, raw, mask, mean, std, source) -> Dict[str, Any]:
+    normed = torch.from_numpy((raw - mean) / std)  # (batch, seq, F) as training normalizes
+    expected = _torch_numpy(model, normed, torch.from_numpy(mask))
+    (got,) = session.run(["logits"], {"features": raw, "attention_mask": mask})
+    return {"source": source, "batch": int(raw.shape[0]), "seq": int(raw.shape[1]),
+            "max_abs_diff": float(np.max(np.abs(got - expected)))}
 
 
 def _classifier_case(model, session, ids, mask, source) -> Dict[str, Any]:
     expected = _torch_numpy(model, torch.from_numpy(ids).long(), torch.from_numpy(mask))
     (got,) = session.run(["logits"], {"input_ids": ids, "attention_mask": mask})
     return {"source": source, "batch": int(ids.shape[0]), "seq": int(ids.shape[1]),
-            "max_abs_diff": float(np.max(np.abs(got - expected)))}
+            "max_abs_diff": max_abs_diff(got, expected)}
 
 
 def _right_padded_mask(batch: int, seq: int) -> np.ndarray:
@@ -101,6 +149,7 @@ def check_decoder_parity(
     greedy_tokens: int = DEFAULT_GREEDY_TOKENS,
     tolerance: float = DECODER_TOLERANCE,
     seed: int = 0,
+    where: str | os.PathLike | None = None,
 ) -> Dict[str, Any]:
     """Logit/KV parity per (batch, past, new) case, then cached greedy decoding vs PyTorch."""
     cfg = model.cfg
@@ -111,11 +160,12 @@ def check_decoder_parity(
         for seq in seqs or default_seqs(cfg.max_seq_len):
             ids = rng.integers(0, cfg.vocab_size, (batch, seq), dtype=np.int32)  # (batch, seq)
             cases += _decoder_cases(model, session, ids)
-    summary = _summarise(cases, tolerance, onnx_path, "decoder logits/keys/values")
+    summary = _summarise(cases, tolerance, where or onnx_path, "decoder logits/keys/values",
+                         model=model)
     if prompt_ids is None:
         prompt_ids = rng.integers(0, cfg.vocab_size, 8).tolist()
     summary["greedy"] = check_greedy_decoding(model, session, prompt_ids, greedy_tokens,
-                                              tolerance, onnx_path)
+                                              tolerance, where or onnx_path)
     return summary
 
 
@@ -135,19 +185,18 @@ def _decoder_cases(model, session, ids: np.ndarray) -> List[Dict[str, Any]]:
     for past in sorted({0, seq // 2, seq - 1}):
         feeds = decoder_feeds(ids[:, past:], past, mask, [c[:past] for c in cache])
         got = dict(zip(names, session.run(names, feeds)))
-        diffs = [np.max(np.abs(got["logits"] - logits[:, past:]))]
+        diffs = [max_abs_diff(got["logits"], logits[:, past:])]
         for name, c in zip(cache_suffixes(len(cache) // 2), cache):  # new = c[past:], window = c
-            diffs.append(np.max(np.abs(got[f"new_{name}"] - c[past:])))
+            diffs.append(max_abs_diff(got[f"new_{name}"], c[past:]))
             if f"present_{name}" in got:
-                diffs.append(np.max(np.abs(got[f"present_{name}"] - c)))
+                diffs.append(max_abs_diff(got[f"present_{name}"], c))
         k = got["topk_values"].shape[1]
         top_values = -np.sort(-logits[:, -1], axis=-1)[:, :k]  # (batch, K) descending
-        diffs.append(np.max(np.abs(got["topk_values"] - top_values)))
+        diffs.append(max_abs_diff(got["topk_values"], top_values))
         top1_match = np.array_equal(got["topk_indices"][:, 0], logits[:, -1].argmax(-1))
         cases.append({"source": "random", "batch": int(batch), "past": int(past),
                       "new": int(seq - past), "top1_match": bool(top1_match),
-                      # a different top-1 token fails whatever the logits say
-                      "max_abs_diff": float(max(diffs)) if top1_match else float("inf")})
+                      "max_abs_diff": top1_verdict(worst_of(diffs), top1_match)})
     return cases
 
 
@@ -192,7 +241,11 @@ def check_greedy_decoding(model, session, prompt_ids, n_tokens, tolerance, onnx_
                  for c, name in zip(cache, cache_suffixes(cfg.n_layers))]
         with torch.no_grad():  # reference: the whole sequence again, no cache
             expected = model(torch.tensor([ids]))[0][0, -1].numpy()  # (vocab,)
-        worst = max(worst, float(np.max(np.abs(got["logits"][0, -1] - expected))))
+        diff = max_abs_diff(got["logits"][0, -1], expected)
+        if math.isnan(diff):  # argmax of NaN logits is "equal" on both sides
+            raise ToolkitError(f"{onnx_path}: greedy step {step}: logits hold NaN/Inf through "
+                               f"ONNX Runtime or PyTorch{weights_note(model)}")
+        worst = max(worst, diff)
         token, want = int(got["topk_indices"][0, 0]), int(np.argmax(expected))
         if token != want:
             top2 = np.sort(expected)[-2:]
@@ -208,11 +261,50 @@ def check_greedy_decoding(model, session, prompt_ids, n_tokens, tolerance, onnx_
             "max_abs_diff": worst, "generated": ids[len(prompt):]}
 
 
-def _summarise(cases, tolerance, onnx_path, what) -> Dict[str, Any]:
-    worst = max(cases, key=lambda c: c["max_abs_diff"])
+def max_abs_diff(got, expected) -> float:
+    """max |got - expected| over every element; NaN when either side holds NaN or Inf (two
+    equal Infs included): the verdict of a comparison with a non-finite value is "failed"."""
+    got, expected = np.asarray(got), np.asarray(expected)
+    if not (np.isfinite(got).all() and np.isfinite(expected).all()):
+        return float("nan")
+    return float(np.max(np.abs(got - expected))) if got.size else 0.0
+
+
+def worst_of(diffs: Sequence[float]) -> float:
+    """The largest difference, NaN if any is NaN (Python's max() keeps or drops a NaN
+    depending on where it sits)."""
+    diffs = [float(d) for d in diffs]
+    return float("nan") if any(math.isnan(d) for d in diffs) else max(diffs, default=0.0)
+
+
+def top1_verdict(diff: float, top1_match: bool) -> float:
+    """A different top-1 token fails whatever the logits say (inf); NaN stays NaN."""
+    return diff if top1_match or math.isnan(diff) else float("inf")
+
+
+def weights_note(model) -> str:
+    """' (the model's weights hold N NaN/Inf values, first in NAME)', or '' when they are
+    finite: the likely cause of non-finite outputs, named in the error."""
+    for name, param in (model.named_parameters() if model is not None else ()):
+        bad = int((~torch.isfinite(param.detach())).sum())
+        if bad:
+            return f" (the model's weights hold {bad} NaN/Inf values, first in {name})"
+    return ""
+
+
+def _summarise(cases, tolerance, onnx_path, what, reference: str = "PyTorch",
+               model=None) -> Dict[str, Any]:
+    """The figures of ``cases``; a ToolkitError naming the worst case beyond ``tolerance``, or
+    the first case with NaN/Inf on either side."""
+    nonfinite = [c for c in cases if math.isnan(c["max_abs_diff"])]
+    worst = nonfinite[0] if nonfinite else max(cases, key=lambda c: c["max_abs_diff"])
+    where = ", ".join(f"{k}={v}" for k, v in worst.items() if k != "max_abs_diff")
+    if nonfinite:
+        raise ToolkitError(f"{onnx_path}: {what} hold NaN/Inf through ONNX Runtime or "
+                           f"{reference} at {where} ({len(nonfinite)} of {len(cases)} cases)"
+                           f"{weights_note(model)}")
     if worst["max_abs_diff"] > tolerance:
-        where = ", ".join(f"{k}={v}" for k, v in worst.items() if k != "max_abs_diff")
-        raise ToolkitError(f"{onnx_path}: {what} differ from PyTorch by "
+        raise ToolkitError(f"{onnx_path}: {what} differ from {reference} by "
                            f"{worst['max_abs_diff']:.2e} at {where} (tolerance {tolerance:.0e})")
     return {"tolerance": tolerance, "max_abs_diff": worst["max_abs_diff"], "cases": cases}
 

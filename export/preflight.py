@@ -104,6 +104,63 @@ def find_fp16_hazards(model) -> List[Dict[str, str]]:
     hazards += [{"kind": "large_constant", "node": name,
                  "detail": f"max |x| = {peak:.4g} > {FP16_MAX:g} (inf in FP16)"}
                 for name, peak in _large_float_constants(graph)]
+    return hazards + feature_hazards(graph)
+
+
+FEATURE_INPUT = "features"
+RAW_SIGMAS = 6.0  # raw features up to mean +- 6 std are expected on the device
+
+
+def feature_normalization(graph) -> Dict[str, Any] | None:
+    """The baked-in ``(features - mean) / std`` of a feature classifier, found by structure:
+    Sub(features, constant) -> Div(that, constant). Returns {"nodes", "tensors", "mean", "std"}
+    (lists), or None for a graph without a ``features`` input or without that pair."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    if FEATURE_INPUT not in {v.name for v in graph.input}:
+        return None
+    constants = {t.name: t for t in graph.initializer}
+    constants.update({n.output[0]: a.t for n in graph.node if n.op_type == "Constant"
+                      for a in n.attribute if a.name == "value"})
+    for sub in (n for n in graph.node if n.op_type == "Sub" and n.input[0] == FEATURE_INPUT):
+        if sub.input[1] not in constants:
+            continue
+        div = next((n for n in graph.node if n.op_type == "Div" and n.input[0] == sub.output[0]
+                    and n.input[1] in constants), None)
+        if div is None:
+            continue
+        mean = np.ravel(numpy_helper.to_array(constants[sub.input[1]])).astype(np.float64)
+        std = np.ravel(numpy_helper.to_array(constants[div.input[1]])).astype(np.float64)
+        return {"nodes": [sub.name or sub.output[0], div.name or div.output[0]],
+                "tensors": [sub.output[0], div.output[0]],
+                "mean": mean.tolist(), "std": std.tolist()}
+    return None
+
+
+def feature_hazards(graph) -> List[Dict[str, str]]:
+    """A feature graph without its normalization, or raw features whose expected range
+    (mean +- RAW_SIGMAS std) leaves FP16: the normalization must then run in FP32 (the export
+    lists its outputs in keep_fp32; calibration.fp16 keeps its nodes FP32)."""
+    if FEATURE_INPUT not in {v.name for v in graph.input}:
+        return []
+    norm = feature_normalization(graph)
+    if norm is None:
+        return [{"kind": "feature_normalization_missing", "node": FEATURE_INPUT,
+                 "detail": "no Sub/Div of constants on the features input: the device would "
+                           "feed unnormalized features to the model"}]
+    reach = max(abs(m) + RAW_SIGMAS * s for m, s in zip(norm["mean"], norm["std"]))
+    tiny = min(norm["std"])
+    hazards = []
+    if reach > FP16_MAX:
+        hazards.append({"kind": "raw_features_beyond_fp16", "node": norm["nodes"][0],
+                        "detail": f"raw features reach |x| ~ {reach:.4g} (mean + {RAW_SIGMAS:g} "
+                                  f"std) > {FP16_MAX:g}: keep the input FP32 and the "
+                                  "normalization in keep_fp32"})
+    if tiny < 1e-4:
+        hazards.append({"kind": "tiny_feature_std", "node": norm["nodes"][1],
+                        "detail": f"smallest std {tiny:.3g}: (x - mean) / std amplifies input "
+                                  "noise by > 1e4; FP16 rounding of x is amplified with it"})
     return hazards
 
 

@@ -129,6 +129,49 @@ class DecoderForExport(nn.Module):
         return (input_ids, position_ids, attention_mask, *past_kv)
 
 
+class FeatureClassifierForExport(nn.Module):
+    """features (batch, seq, F) fp32, attention_mask (batch, seq) int32 -> logits (batch, labels).
+
+    The training split's normalization is the graph's first op, ``(x - mean) / std`` with the
+    checkpoint's statistics as constants, so the device feeds raw features and applies exactly
+    what training applied (no second copy of the statistics to drift)."""
+
+    input_names = ["features", "attention_mask"]
+    output_names = ["logits"]
+
+    def __init__(self, model: nn.Module, mean, std):
+        super().__init__()
+        feature_dim = model.cfg.feature_dim
+        if feature_dim <= 0:
+            raise ToolkitError("a feature export needs a classifier with feature_dim > 0")
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)  # (F,)
+        std = torch.as_tensor(std, dtype=torch.float32).reshape(-1)  # (F,)
+        if mean.numel() != feature_dim or std.numel() != feature_dim:
+            raise ToolkitError(f"feature_norm has {mean.numel()} means and {std.numel()} stds; "
+                               f"the model takes feature_dim={feature_dim}")
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+            raise ToolkitError("feature_norm: expected finite means and finite stds > 0")
+        self.model = model
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, features: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        normed = (features - self.mean) / self.std  # (batch, seq, F): Sub, Div on constants
+        return self.model(normed, attention_mask)
+
+    def dynamic_axes(self) -> Dict[str, Dict[int, str]]:
+        return {"features": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+                "logits": {0: "batch"}}
+
+    def dummy_inputs(self, batch: int = 2, seq: int = 7) -> Tuple[torch.Tensor, ...]:
+        gen = torch.Generator().manual_seed(0)
+        features = torch.randn((batch, seq, self.model.cfg.feature_dim), generator=gen)
+        features = features * self.std + self.mean  # (batch, seq, F) in the raw feature scale
+        attention_mask = torch.ones((batch, seq), dtype=torch.int32)  # (batch, seq)
+        attention_mask[1, seq - 2:] = 0
+        return features, attention_mask
+
+
 def export_wrapper(model: nn.Module, kind: str, topk: int) -> nn.Module:
     """The wrapper for a model of ``kind`` ("classifier" | "decoder"), in eval mode."""
     wrapper = ClassifierForExport(model) if kind == "classifier" else DecoderForExport(model, topk)

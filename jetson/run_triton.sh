@@ -16,25 +16,63 @@ With --background PIDFILE it returns once the server is ready, leaving it runnin
 pid in PIDFILE and its log in $TRITON_LOG_FILE (default PIDFILE.log); stop it with
 `kill $(cat PIDFILE)`.
 
+Supported Triton: 2.34 (release 23.05) and later; an older server is refused (exit 2). The
+floor is --metrics-address (2.34) and the python backend's request.parameters() (2.32).
+Newer servers add: 2.35 (23.06) the stream's final-response flag (the client degrades below
+it); 2.38 (23.09) version-compatible TensorRT plans; 2.39 (23.10) request cancellation (below
+it a cancelled stream runs to its end).
+  JetPack 5.1.x (L4T R35)  release tarball tritonserver2.35.0-jetpack5.1.2-update-1.tgz or a
+                           later -jetpack5.1.x tarball; no -igpu image runs on JetPack 5.
+  JetPack 6.x (L4T R36)    release tarball tritonserver2.<minor>.0-igpu.tar whose CUDA and
+                           TensorRT match the JetPack, or an -igpu image no newer than 24.07
+                           (24.02-py3-igpu ran on Orin: triton-inference-server/server#7023).
+                           JetPack 6 ships driver R540; the 24.08+ images are built for R560
+                           and refuse it (server#8536, #7798).
+  x86 / SBSA               23.05-py3 (2.34) and later images, or tritonserver on PATH.
+The version is read from the server's --help (no --metrics-address: older than 2.34) or the
+image's TRITON_SERVER_VERSION before the start, and from /v2 once it is ready.
+
 Where tritonserver comes from (the first that is set wins):
-  TRITON_HOME          a release tarball unpacked (tritonserver<ver>-igpu.tgz on a Jetson):
-                       runs $TRITON_HOME/bin/tritonserver with --backend-directory
+  TRITON_HOME          a release tarball unpacked (e.g. /opt/tritonserver on a Jetson): runs
+                       $TRITON_HOME/bin/tritonserver with --backend-directory
                        $TRITON_HOME/backends and $TRITON_HOME/lib on LD_LIBRARY_PATH.
-  TRITON_CONTAINER     a container image, e.g. nvcr.io/nvidia/tritonserver:24.10-py3-igpu:
-                       `docker run --runtime nvidia --network host` with the repository
-                       mounted at the same path (read-only), backends from
+  TRITON_CONTAINER     a container image, e.g. nvcr.io/nvidia/tritonserver:24.02-py3-igpu on
+                       JetPack 6: `docker run --runtime nvidia --network host` with the
+                       repository mounted at the same path (read-only), backends from
                        /opt/tritonserver/backends inside. TRITON_DOCKER (default docker)
-                       names the client. The python models import tokenizers (and numpy):
-                       use an image built FROM the -igpu one with `pip install tokenizers`.
+                       names the client. The image's own python3 runs the python models, so
+                       it needs their modules (below): build an image FROM the -igpu one with
+                       `pip install numpy tokenizers click onnxruntime`. The image carries its
+                       own TensorRT: plans must be built with that version (or
+                       --version-compatible). TRITON_PYTHON_ENV is refused in this mode.
   (neither)            `tritonserver` on PATH, backends from ../backends beside it or
                        /opt/tritonserver/backends.
   TRITON_BACKEND_DIR   overrides the backend directory in every case.
-  TRITON_PYTHON_ENV    a venv whose bin/ goes first on PATH: the python backend stub runs the
-                       first `python3` on PATH (and ignores PYTHONPATH), so the model code
-                       sees that venv's packages; the base interpreter's lib directory goes
-                       on LD_LIBRARY_PATH so the stub loads the matching libpython.
+
+Python models need: numpy, tokenizers, click (every python model); onnxruntime (one serving
+an .onnx: the cpu classifier, and the generator built from --stories X.onnx, which on a
+Jetson runs on the ARM CPU); tensorrt + pycuda (the generator built from a decoder .plan, on
+the GPU). They are checked before the server starts; a missing one is refused with one line.
+The python backend's stub runs the first `python3` on PATH, so:
+  TRITON_PYTHON_ENV    a venv whose bin/ goes first on PATH (the stub ignores PYTHONPATH), and
+                       its base interpreter's lib directory on LD_LIBRARY_PATH so the stub loads
+                       the matching libpython. Default: the venv jetson/setup.sh makes
+                       ($VENV, default .venv-jetson beside jetson/, the same variable
+                       setup.sh reads) when it exists, else the python3 on PATH.
+                       Its Python must be the one the tarball's stub was built for (JetPack's
+                       python3, which setup.sh's venv is made from).
                        (`python -m triton_repo.dev_server` prints TRITON_HOME and this for
                        the tritonserver bundled in nvidia-pytriton, for an x86 box.)
+
+TensorRT plans: each plan's manifest (model.plan.json) names the TensorRT it was built with.
+Before the start it is compared with the TensorRT that will load it: the libnvinfer the
+TensorRT backend links (tarball: ldd of backends/tensorrt; image: the same inside it), and
+the python models' tensorrt module for a generator plan. A mismatch is refused naming both:
+rebuild the engine with the server's TensorRT, or build it with `python -m engines.build
+--version-compatible` (TensorRT 8.6+) to serve it with a later TensorRT of the same major
+version (such plans get --backend-config=tensorrt,version-compatible=true, Triton 2.38+).
+  TRITON_TENSORRT_VERSION  the TensorRT version of the server's TensorRT backend, when ldd
+                       cannot tell (skips the look-up).
 
 Network (nothing listens beyond loopback unless you say so):
   TRITON_BIND          address for HTTP, gRPC and metrics (default 127.0.0.1; 0.0.0.0 to
@@ -64,8 +102,9 @@ Other:
   TRITON_ARGS          extra tritonserver arguments (split on spaces); arguments after `--`
                        are passed as they are.
 
-Exit status: 2 when tritonserver, its backends or the repository are missing or an option is
-wrong; 1 when the server dies or is not ready in time; otherwise the server's own status.
+Exit status: 2 when tritonserver, its backends, the repository, a python module or a
+matching TensorRT is missing, the server is older than 2.34 or an option is wrong; 1 when
+the server dies or is not ready in time; otherwise the server's own status.
 EOF
 }
 
@@ -120,6 +159,19 @@ done
   || die 2 "TRITON_STOP_WITH_PID=$TRITON_STOP_WITH_PID: expected a process id"
 
 # -- which tritonserver ----------------------------------------------------------------------
+TOOLKIT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PREFLIGHT="$TOOLKIT/triton_repo/preflight.py"
+# preflight_with PYTHON ARGS...: triton_repo/preflight.py's answer on stdout; its one-line
+# error becomes ours (exit 2; inside $(...) the subshell's exit 2 stops the script: set -e)
+preflight_with() {
+  local py="$1" out
+  shift
+  if ! out="$("$py" "$PREFLIGHT" "$@" 2>&1)"; then die 2 "${out#error: }"; fi
+  printf '%s' "$out"
+}
+preflight() { preflight_with "$HOST_PY" "$@"; }
+
+CONTAINER_MODE=0
 LAUNCH=()
 if [ -n "${TRITON_HOME:-}" ]; then
   SERVER="$TRITON_HOME/bin/tritonserver"
@@ -129,8 +181,10 @@ if [ -n "${TRITON_HOME:-}" ]; then
   LAUNCH=("$SERVER")
   SOURCE="release tree $TRITON_HOME"
 elif [ -n "${TRITON_CONTAINER:-}" ]; then
+  CONTAINER_MODE=1
   DOCKER="${TRITON_DOCKER:-docker}"
   command -v "$DOCKER" >/dev/null 2>&1 || die 2 "TRITON_CONTAINER=$TRITON_CONTAINER but '$DOCKER' is not on PATH"
+  [ -z "${TRITON_PYTHON_ENV:-}" ] || die 2 "TRITON_PYTHON_ENV is not used with TRITON_CONTAINER (the image's python3 runs the python models): unset it, and build an image FROM $TRITON_CONTAINER with pip install numpy tokenizers click onnxruntime"
   BACKENDS="${TRITON_BACKEND_DIR:-/opt/tritonserver/backends}"
   # --network host: the ports are bound inside exactly as on the host (127.0.0.1 stays local).
   LAUNCH=("$DOCKER" run --rm --init --runtime nvidia --network host --shm-size 256m
@@ -144,21 +198,105 @@ else
   LAUNCH=("$SERVER")
   SOURCE="$SERVER"
 fi
-if [ -z "${TRITON_CONTAINER:-}" ] || [ -n "${TRITON_HOME:-}" ]; then
+USED_BACKENDS="$(sed -n 's/^backend: *"\([a-z_]*\)".*/\1/p; s/^platform: *"\([a-z_]*\)".*/\1/p' \
+                   "$REPO"/*/config.pbtxt | sort -u)"
+if [ "$CONTAINER_MODE" = 0 ]; then
   [ -d "$BACKENDS" ] || die 2 "backend directory $BACKENDS: not found (set TRITON_BACKEND_DIR)"
   BACKENDS="$(cd "$BACKENDS" && pwd)"
-  for used in $(sed -n 's/^backend: *"\([a-z_]*\)".*/\1/p; s/^platform: *"\([a-z_]*\)".*/\1/p' \
-                  "$REPO"/*/config.pbtxt | sort -u); do
+  for used in $USED_BACKENDS; do
     case "$used" in ensemble) continue ;; tensorrt_plan) used=tensorrt ;; esac
     [ -d "$BACKENDS/$used" ] || die 2 "the repository uses backend '$used' but $BACKENDS/$used is missing"
   done
+  # Older than 2.34 has no --metrics-address (the script's floor): refuse before the start.
+  help_text="$("$SERVER" --help 2>&1 || true)"  # (--help exits 1)
+  case "$help_text" in
+    *--metrics-address*) ;;
+    *--model-repository*) die 2 "$SERVER has no --metrics-address: it is older than Triton 2.34 (23.05), the supported floor (see --help for the releases per JetPack)" ;;
+    *) die 2 "$SERVER --help does not run: $(printf '%s\n' "$help_text" | head -n 1) (a library of the tarball or JetPack missing?)" ;;
+  esac
 fi
 
-if [ -n "${TRITON_PYTHON_ENV:-}" ]; then
-  [ -x "$TRITON_PYTHON_ENV/bin/python3" ] || die 2 "TRITON_PYTHON_ENV=$TRITON_PYTHON_ENV: no bin/python3 (expected a venv)"
-  export PATH="$TRITON_PYTHON_ENV/bin:$PATH"
-  PY_LIBDIR="$("$TRITON_PYTHON_ENV/bin/python3" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") or "")')"
-  [ -z "$PY_LIBDIR" ] || export LD_LIBRARY_PATH="$PY_LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# -- the python models' interpreter and modules ----------------------------------------------
+HOST_PY="$(command -v python3 2>/dev/null || true)"
+[ -n "$HOST_PY" ] || die 2 "python3 not found on PATH: the checks before the start need it"
+NEEDED="$(preflight modules "$REPO")"
+HAS_PLAN=0
+if find "$REPO" -mindepth 3 -maxdepth 3 \( -name '*.plan' -o -name '*.engine' \) | grep -q .; then
+  HAS_PLAN=1
+fi
+BACKEND_TRT="${TRITON_TENSORRT_VERSION:-}"
+PYTHON_TRT=""
+if [ "$CONTAINER_MODE" = 1 ]; then
+  # One throw-away run of the image: its Triton version, the libnvinfer its TensorRT backend
+  # links and the modules its python3 lacks.
+  # shellcheck disable=SC2016  # expanded inside the image
+  PROBE='echo "triton=${TRITON_SERVER_VERSION:-}"
+lib=$(ldd "$1/tensorrt/libtriton_tensorrt.so" 2>/dev/null | sed -n "s/^[[:space:]]*libnvinfer\.so[^ ]* => \(\/[^ ]*\).*/\1/p" | head -n 1)
+[ -z "$lib" ] || echo "tensorrt=$(readlink -f "$lib")"
+shift
+if [ $# -gt 0 ]; then
+  python3 -c "import importlib.util, sys; print(\"missing=\" + \" \".join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))" "$@" 2>/dev/null || echo "missing=python3"
+fi
+case " $* " in *" tensorrt "*) python3 -c "import tensorrt; print(\"pytrt=\" + tensorrt.__version__)" 2>/dev/null ;; esac'
+  # shellcheck disable=SC2086  # NEEDED is a list of module names
+  PROBED="$("$DOCKER" run --rm --runtime nvidia --entrypoint sh "$TRITON_CONTAINER" -c "$PROBE" probe "$BACKENDS" $NEEDED)" \
+    || die 2 "could not run $TRITON_CONTAINER to look inside it ($DOCKER run failed; is the image pulled and the nvidia runtime installed?)"
+  IMAGE_TRITON="$(printf '%s\n' "$PROBED" | sed -n 's/^triton=//p')"
+  [ -z "$IMAGE_TRITON" ] || preflight version "$IMAGE_TRITON" >/dev/null
+  lib="$(printf '%s\n' "$PROBED" | sed -n 's/^tensorrt=//p')"
+  [ -n "$BACKEND_TRT" ] || BACKEND_TRT="${lib##*libnvinfer.so.}"
+  [ "$BACKEND_TRT" != "$lib" ] || BACKEND_TRT=""
+  MISSING="$(printf '%s\n' "$PROBED" | sed -n 's/^missing=//p')"
+  PYTHON_TRT="$(printf '%s\n' "$PROBED" | sed -n 's/^pytrt=//p')"
+  STUB_PY="the python3 of $TRITON_CONTAINER"
+  FIX="build an image FROM $TRITON_CONTAINER with pip install $NEEDED"
+else
+  ENV_DIR="${TRITON_PYTHON_ENV:-}"
+  SETUP_VENV="${VENV:-.venv-jetson}"  # where jetson/setup.sh puts its venv (the same variable)
+  case "$SETUP_VENV" in /*) ;; *) SETUP_VENV="$TOOLKIT/$SETUP_VENV" ;; esac
+  if [ -z "$ENV_DIR" ] && [ -n "$NEEDED" ] && [ -x "$SETUP_VENV/bin/python3" ]; then
+    ENV_DIR="$SETUP_VENV"
+    say "python models run with $ENV_DIR (jetson/setup.sh's venv; TRITON_PYTHON_ENV picks another)"
+  fi
+  if [ -n "$ENV_DIR" ]; then
+    [ -x "$ENV_DIR/bin/python3" ] || die 2 "TRITON_PYTHON_ENV=$ENV_DIR: no bin/python3 (expected a venv)"
+    export PATH="$ENV_DIR/bin:$PATH"
+    PY_LIBDIR="$("$ENV_DIR/bin/python3" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") or "")')"
+    [ -z "$PY_LIBDIR" ] || export LD_LIBRARY_PATH="$PY_LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
+  MISSING=""
+  STUB_PY=""
+  if [ -n "$NEEDED" ]; then
+    STUB_PY="$(command -v python3 2>/dev/null || true)"
+    [ -n "$STUB_PY" ] || die 2 "the python models need python3 on PATH (the stub runs it): run jetson/setup.sh or set TRITON_PYTHON_ENV"
+    # shellcheck disable=SC2086
+    MISSING="$(preflight_with "$STUB_PY" missing $NEEDED)"
+    case " $NEEDED " in
+      *" tensorrt "*) PYTHON_TRT="$("$STUB_PY" -c 'import tensorrt; print(tensorrt.__version__)' 2>/dev/null || true)" ;;
+    esac
+  fi
+  FIX="run jetson/setup.sh (its venv .venv-jetson is found by default) or set TRITON_PYTHON_ENV to a venv with requirements/device.txt"
+  if [ "$HAS_PLAN" = 1 ] && [ -z "$BACKEND_TRT" ] && [ -e "$BACKENDS/tensorrt/libtriton_tensorrt.so" ]; then
+    lib="$(ldd "$BACKENDS/tensorrt/libtriton_tensorrt.so" 2>/dev/null \
+           | sed -n 's/^[[:space:]]*libnvinfer\.so[^ ]* => \(\/[^ ]*\).*/\1/p' | head -n 1)"
+    if [ -n "$lib" ]; then
+      real="$(readlink -f "$lib")"
+      BACKEND_TRT="${real##*libnvinfer.so.}"
+      [ "$BACKEND_TRT" != "$real" ] || BACKEND_TRT=""
+    fi
+  fi
+fi
+if [ -n "$MISSING" ]; then
+  set -- $MISSING
+  also=""; [ $# -lt 2 ] || also=" (also missing: ${*:2})"
+  die 2 "the python models need module '$1'$also, which $STUB_PY cannot import: $FIX"
+fi
+BACKEND_CONFIG=()
+if [ "$HAS_PLAN" = 1 ]; then
+  PLAN_NOTES="$(preflight plans "$REPO" --backend-trt "$BACKEND_TRT" --python-trt "$PYTHON_TRT")"
+  case " $PLAN_NOTES " in
+    *" version-compatible "*) BACKEND_CONFIG=(--backend-config=tensorrt,version-compatible=true) ;;
+  esac
 fi
 
 ARGS=(--model-repository "$REPO" --backend-directory "$BACKENDS"
@@ -167,7 +305,8 @@ ARGS=(--model-repository "$REPO" --backend-directory "$BACKENDS"
       --metrics-address "$BIND" --metrics-port "$METRICS_PORT"
       --pinned-memory-pool-byte-size $((PINNED_MB * 1024 * 1024))
       --cuda-memory-pool-byte-size "$CUDA_DEVICE:$((CUDA_POOL_MB * 1024 * 1024))"
-      --exit-timeout-secs "$EXIT_TIMEOUT" --log-verbose "$LOG_VERBOSE")
+      --exit-timeout-secs "$EXIT_TIMEOUT" --log-verbose "$LOG_VERBOSE"
+      "${BACKEND_CONFIG[@]+"${BACKEND_CONFIG[@]}"}")
 # shellcheck disable=SC2206  # TRITON_ARGS is documented as split on spaces
 [ -z "${TRITON_ARGS:-}" ] || ARGS+=(${TRITON_ARGS})
 ARGS+=("${EXTRA[@]+"${EXTRA[@]}"}")
@@ -181,7 +320,7 @@ probe() {  # 0 when the server answers ready
   if command -v curl >/dev/null 2>&1; then
     curl -sf -o /dev/null --max-time 2 "$READY_URL"
   else
-    python3 - "$READY_URL" <<'PY' 2>/dev/null
+    "$HOST_PY" - "$READY_URL" <<'PY' 2>/dev/null
 import sys, urllib.request
 sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=2).status == 200 else 1)
 PY
@@ -222,9 +361,22 @@ until probe; do
   sleep 0.2
 done
 
+# The server's own version (/v2 metadata): below the floor it is stopped, whatever it served.
+SERVER_VERSION="$("$HOST_PY" - "http://$PROBE_HOST:$HTTP_PORT/v2" <<'PY' 2>/dev/null || true
+import json, sys, urllib.request
+print(json.load(urllib.request.urlopen(sys.argv[1], timeout=5)).get("version", ""))
+PY
+)"
+compat=""; [ "${#BACKEND_CONFIG[@]}" = 0 ] || compat="--version-compatible"
+if ! out="$("$HOST_PY" "$PREFLIGHT" version "${SERVER_VERSION:-unknown}" $compat 2>&1)"; then
+  stop_server
+  die 2 "${out#error: } (read from /v2; stopped it)"
+fi
+
 case "$BIND" in *:*) HOST="[$BIND]" ;; *) HOST="$BIND" ;; esac
 cat <<EOF
 triton ready: pid $SERVER_PID
+  version  $SERVER_VERSION
   http     http://$HOST:$HTTP_PORT
   grpc     $HOST:$GRPC_PORT
   metrics  http://$HOST:$METRICS_PORT/metrics

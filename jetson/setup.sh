@@ -154,6 +154,7 @@ if [ ! -x "$VENV/bin/python" ]; then
         die "could not create $VENV (Ubuntu: sudo apt install python3-venv)"
 fi
 PY="$VENV/bin/python"
+[ "$VENV" = ".venv-jetson" ] || venv_note=" (export VENV=$VENV for it too)"
 CONSTRAINTS="$REPO/jetson/pip-constraints.txt"
 if [ "$TRT_WHEEL_OK" = "1" ]; then
     CONSTRAINTS="$(cd "$VENV" && pwd)/pip-constraints.txt"
@@ -225,3 +226,7 @@ fi
 # 7. What this device is
 "$PY" -m jetson.state --summary --output "$VENV/device_state.json"
 say "done: $VENV (full device state in $VENV/device_state.json)"
+# jetson/run_triton.sh runs the Triton python models with this venv unless told otherwise
+# (it reads the same VENV variable, default .venv-jetson)
+say "serving: TRITON_HOME=/opt/tritonserver jetson/run_triton.sh REPOSITORY runs the python" \
+    "models with $VENV${venv_note:-}"

@@ -183,26 +183,40 @@ def check_points(session, points: Sequence[Tuple[int, int]], shapes_of) -> None:
                                f"{session.path.name}: {exc}") from None
 
 
+def classifier_input(session) -> Tuple[str, Tuple[int, ...]]:
+    """(name, trailing fixed dims) of the classifier's data input: ``input_ids`` and (), or a
+    feature classifier's ``features`` and (F,)."""
+    if "features" in session.inputs:
+        return "features", tuple(session.inputs["features"].shape[2:])
+    return "input_ids", ()
+
+
 def bench_classifier(session, points: Sequence[Tuple[int, int]], warmup: int, iterations: int,
-                     duration_s: float | None, seed: int = 0) -> List[Dict[str, Any]]:
+                     duration_s: float | None, seed: int = 0,
+                     feature_norm: Dict[str, Any] | None = None) -> List[Dict[str, Any]]:
+    """feature_norm: a feature classifier's sidecar statistics; its random inputs are drawn in
+    that raw scale (the graph normalizes them)."""
     from runtime.buffers import BufferPlan
 
-    check_points(session, points, lambda b, s: {"input_ids": (b, s), "attention_mask": (b, s)})
+    data, extra = classifier_input(session)
+    check_points(session, points,
+                 lambda b, s: {data: (b, s) + extra, "attention_mask": (b, s)})
     labels = session.outputs["logits"].shape[1]
     dtypes = {n: s.dtype for n, s in {**session.inputs, **session.outputs}.items()}
     max_b, max_s = max(b for b, _ in points), max(s for _, s in points)
     plan = BufferPlan()
-    plan.add("input_ids", (max_b, max_s), dtypes["input_ids"])  # (batch, seq) int32
+    plan.add(data, (max_b, max_s) + extra, dtypes[data])  # (batch, seq) int32 | (.., F) fp32
     plan.add("attention_mask", (max_b, max_s), dtypes["attention_mask"])  # (batch, seq) int32
     plan.add("logits", (max_b, labels), dtypes["logits"])  # (batch, labels) fp32
     arena = session.allocate(plan.nbytes)
     rng = np.random.default_rng(seed)
     results = []
     for batch, seq in points:
-        shapes = {"input_ids": (batch, seq), "attention_mask": (batch, seq),
+        shapes = {data: (batch, seq) + extra, "attention_mask": (batch, seq),
                   "logits": (batch, labels)}
         bindings = plan.bindings(arena, shapes)
-        bindings["input_ids"].view(dtypes["input_ids"])[...] = rng.integers(3, 200, (batch, seq))
+        bindings[data].view(dtypes[data])[...] = _random_input(rng, (batch, seq) + extra,
+                                                                feature_norm)
         bindings["attention_mask"].view(dtypes["attention_mask"])[...] = 1
         run = _ClassifierRun(session, bindings, dtypes)
         stats = latency_stats(measure(run, warmup, iterations, duration_s))
@@ -215,6 +229,15 @@ def bench_classifier(session, points: Sequence[Tuple[int, int]], warmup: int, it
     return results
 
 
+def _random_input(rng, shape: Tuple[int, ...], feature_norm: Dict[str, Any] | None):
+    """Token ids 3..199 (batch, seq), or raw features (batch, seq, F) around the statistics."""
+    if len(shape) == 2:
+        return rng.integers(3, 200, shape)
+    mean = np.asarray((feature_norm or {}).get("mean", 0.0), np.float32)  # (F,) or scalar
+    std = np.asarray((feature_norm or {}).get("std", 1.0), np.float32)
+    return rng.standard_normal(shape).astype(np.float32) * std + mean
+
+
 class _ClassifierRun:
     """One timed classifier run: upload, run, download, wait; keeps the session's split."""
 
@@ -225,8 +248,8 @@ class _ClassifierRun:
 
     def __call__(self) -> None:
         b, dtypes = self.bindings, self.dtypes
-        b["input_ids"].upload(dtypes["input_ids"])
-        b["attention_mask"].upload(dtypes["attention_mask"])
+        for name in self.session.inputs:  # input_ids or features, attention_mask
+            b[name].upload(dtypes[name])
         self.session.run(b, self.profile)
         b["logits"].download(dtypes["logits"])
         self.session.synchronize()
@@ -299,10 +322,12 @@ def run_bench(model: str, batches: Sequence[int], seqs: Sequence[int] | None, ne
     if iterations < 1 or warmup < 0 or (duration_s is not None and duration_s <= 0):
         raise ToolkitError("expected --iterations >= 1, --warmup >= 0 and --duration > 0")
     with open_session(model) as session:
-        max_seq = max(p["input_ids"][2][1] for p in session.profiles)
+        data = classifier_input(session)[0] if info["kind"] == "classifier" else "input_ids"
+        max_seq = max(p[data][2][1] for p in session.profiles)
         if info["kind"] == "classifier":
             points = [(b, s) for b in batches for s in (seqs or [max_seq])]
-            results = bench_classifier(session, points, warmup, iterations, duration_s)
+            results = bench_classifier(session, points, warmup, iterations, duration_s,
+                                       feature_norm=info.get("feature_norm"))
         else:
             from runtime.generate import DecoderInfo
 
@@ -323,7 +348,7 @@ def run_bench(model: str, batches: Sequence[int], seqs: Sequence[int] | None, ne
 @click.command()
 @click.option("--engine", type=click.Path(dir_okay=False), default=None,
               help="TensorRT plan to benchmark.")
-@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), default=None,
+@click.option("--onnx", "--model", "onnx_path", type=click.Path(dir_okay=False), default=None,
               help="ONNX model to benchmark with ONNX Runtime.")
 @click.option("--batch", "batch_text", default="1", show_default=True,
               help="Batch sizes, comma-separated.")

@@ -15,9 +15,12 @@ as they are chosen.
 Batches: prompts are left-padded to the longest; ``attention_mask`` hides the padding and each
 row's ``position_ids`` start at 0 on its first real token, so a row generates what it would
 alone (greedy). The context limit counts physical cache positions (longest prompt + generated).
-Stopping follows ``train/generate.py``: end-of-text (not returned), ``max_new_tokens``, or the
-context limit (prompt + new tokens never exceed it). Prompts start with ``<|endoftext|>``, as
-the training streams do.
+Stopping follows ``train/generate.py``: end-of-text (not returned; any of the sidecar's
+``eos_ids``, e.g. Llama 3's list and generation_config.json's ids), ``max_new_tokens``, or the
+context limit (prompt + new tokens never exceed it). Prompts are encoded as the sidecar's
+``prompt`` rules say: our TinyStories models put ``<|endoftext|>`` first, as the training
+streams do; a Hugging Face decoder gets exactly ``tokenizer(prompt)`` (its post-processor adds
+BOS when the model's tokenizer does, nothing otherwise).
 
 The decode loop allocates nothing that outlives a step (tests/test_generate.py checks it with
 tracemalloc): buffers, bindings, token and timing arrays are all made before the first step.
@@ -34,7 +37,7 @@ if __package__ in (None, ""):  # run by path: the repository root replaces runti
 
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 import click
 import numpy as np
@@ -58,20 +61,41 @@ class DecoderInfo:
     vocab_size: int
     max_seq_len: int
     topk: int
-    eos_id: int | None
+    eos_id: int | None  # None: no end-of-text stop at all (benchmarks replace it so)
     pad_id: int
+    eos_ids: Tuple[int, ...] = ()  # every id that ends generation, eos_id first
+    prompt_prefix: Tuple[int, ...] | None = None  # ids before each prompt (None: (eos_id,))
+    prompt_special: bool = False  # the tokenizer's post-processor adds its special tokens
 
     @classmethod
     def from_sidecar(cls, info: Dict[str, Any]) -> DecoderInfo:
+        from common.artifacts import prompt_rules, stop_ids
+
         if info.get("kind") != "decoder":
             raise ToolkitError(
                 f"generation needs a decoder model; this one is {info.get('kind')!r}")
         cache, special = info["kv_cache"], info.get("special_tokens") or {}
-        pad_id = special.get("pad_id")
+        pad_id, prompt, eos_ids = special.get("pad_id"), prompt_rules(info), stop_ids(info)
+        eos_id = eos_ids[0] if eos_ids else None
         return cls(layers=int(cache["layers"]), kv_dim=int(cache["kv_dim"]),
                    vocab_size=int(info["vocab_size"]), max_seq_len=int(info["max_seq_len"]),
-                   topk=int(info["topk"]), eos_id=special.get("eos_id"),
-                   pad_id=int(pad_id) if pad_id is not None else 0)
+                   topk=int(info["topk"]), eos_id=eos_id,
+                   pad_id=int(pad_id) if pad_id is not None else 0, eos_ids=tuple(eos_ids),
+                   prompt_prefix=tuple(prompt["prefix_ids"]),
+                   prompt_special=prompt["add_special_tokens"])
+
+    @property
+    def stop_ids(self) -> Tuple[int, ...]:
+        """The ids that end generation: ``eos_ids``; none when ``eos_id`` was replaced by None,
+        that id alone when it was replaced by another (tests, benchmarks)."""
+        if self.eos_id is None:
+            return ()
+        return self.eos_ids if self.eos_id in self.eos_ids else (self.eos_id,)
+
+    def encode_prompt(self, tokenizer, text: str) -> List[int]:
+        """A prompt's ids by the sidecar's prompt rules (see ``encode_prompt``)."""
+        prefix = self.prompt_prefix if self.prompt_prefix is not None else self.eos_id
+        return encode_prompt(tokenizer, text, prefix, self.prompt_special)
 
 
 @dataclass
@@ -94,10 +118,17 @@ class GenerationResult:
         return rows * len(self.decode_ms) / total_s if total_s > 0 else 0.0
 
 
-def encode_prompt(tokenizer, text: str, eos_id: int | None) -> List[int]:
-    """``<|endoftext|>`` + the prompt's ids, like train/generate.py's ``prompt_token_ids``."""
-    ids = tokenizer.encode(text).ids if text else []
-    return ([eos_id] if eos_id is not None else []) + ids
+def encode_prompt(tokenizer, text: str, prefix: int | Sequence[int] | None,
+                  add_special_tokens: bool = False) -> List[int]:
+    """``prefix`` + the prompt's ids. Our TinyStories models: prefix ``<|endoftext|>``'s id, as
+    train/generate.py's ``prompt_token_ids``; a Hugging Face decoder: no prefix and
+    ``add_special_tokens`` (the ids of transformers' ``tokenizer(text)``)."""
+    if text or add_special_tokens:
+        ids = tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+    else:
+        ids = []
+    head = [] if prefix is None else [prefix] if isinstance(prefix, int) else list(prefix)
+    return head + ids
 
 
 def profile_limits(session) -> Dict[str, int]:
@@ -190,8 +221,8 @@ class Generator:
         return self.generate_ids(self.encode(prompts), max_new_tokens, sampler, on_token)
 
     def encode(self, prompts: Sequence[str]) -> List[List[int]]:
-        """Token ids of each prompt, ``<|endoftext|>`` first (see ``encode_prompt``)."""
-        return [encode_prompt(self.tokenizer, text, self.info.eos_id) for text in prompts]
+        """Token ids of each prompt, by the model's prompt rules (``DecoderInfo.encode_prompt``)."""
+        return [self.info.encode_prompt(self.tokenizer, text) for text in prompts]
 
     def check_request(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int,
                       sampler: Sampler) -> None:
@@ -202,7 +233,7 @@ class Generator:
                      sampler: Sampler, on_token: OnToken | None = None) -> GenerationResult:
         """``generate`` on token ids: prompt_ids[r] is row r's prompt."""
         batch, longest = self._check_request(prompt_ids, max_new_tokens, sampler)
-        stop = StopConditions(self.info.eos_id, max_new_tokens, self.context_limit)
+        stop = StopConditions(self.info.stop_ids, max_new_tokens, self.context_limit)
         self.kv.reset(batch)
         self._n_out[:batch] = 0
         self._emitted[:batch] = 0
@@ -236,7 +267,7 @@ class Generator:
         if max(lengths) > limit:
             row = lengths.index(max(lengths))
             raise ToolkitError(
-                f"prompt {row + 1} is {max(lengths)} tokens long (with <|endoftext|>): the "
+                f"prompt {row + 1} is {max(lengths)} tokens long (with its special tokens): the "
                 f"model's profiles take at most {limit} (context {self.context_limit}); "
                 "shorten it")
         if max_new_tokens < 0:

@@ -14,7 +14,7 @@ Also here: the stop conditions of a generation and the streaming callback's sign
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, FrozenSet, Sequence, Union
 
 import numpy as np
 
@@ -122,13 +122,25 @@ class Sampler:
 
 @dataclass(frozen=True)
 class StopConditions:
-    """When a row stops: end-of-text id, tokens generated, or the context (positions) is full."""
+    """When a row stops: an end-of-text id, tokens generated, or the context (positions) is full.
 
-    eos_id: int | None
+    eos_id: one id, every id that ends text (Llama 3 lists several; generation_config.json may
+    add more), or None for no end-of-text stop.
+    """
+
+    eos_id: Union[int, Sequence[int], None]
     max_new_tokens: int
     context_limit: int
 
+    @property
+    def eos_ids(self) -> FrozenSet[int]:
+        if self.eos_id is None:
+            return frozenset()
+        one = isinstance(self.eos_id, (int, np.integer))
+        return frozenset(int(i) for i in ([self.eos_id] if one else self.eos_id))
+
     def __post_init__(self):
+        object.__setattr__(self, "_eos", self.eos_ids)  # looked up once per token
         if self.max_new_tokens < 0:
             raise ToolkitError(f"max_new_tokens={self.max_new_tokens}: expected 0 or more")
         if self.context_limit < 2:
@@ -140,7 +152,7 @@ class StopConditions:
         n_generated: tokens generated so far, this one included; n_positions: positions the
         sequence occupies with this token appended (the next step would need one more).
         """
-        if self.eos_id is not None and token_id == self.eos_id:
+        if token_id in self._eos:  # type: ignore[attr-defined]
             return STOP_EOS
         if n_generated >= self.max_new_tokens:
             return STOP_MAX_NEW_TOKENS

@@ -4,7 +4,9 @@
   manifest's copy of the sidecar fields for a TensorRT ``.plan``/``.engine``.
 - ``load_model_tokenizer``: the tokenizer named by that description, from beside the model.
 - IMDB cleaning (``<br />`` tags) and the head+tail truncation, from ``common.text``: the
-  same functions training uses.
+  same functions training uses, for the models trained with them; a Hugging Face classifier's
+  texts go through its own tokenizer's truncation and special tokens (``encode_for_model``,
+  by the sidecar's ``text`` rules).
 - Right padding of classifier rows into preallocated buffers.
 """
 from __future__ import annotations
@@ -16,7 +18,13 @@ from typing import Any, Dict, Sequence
 import numpy as np
 
 from common.errors import ToolkitError
-from common.text import clean_imdb_text, encode_classifier_texts, truncate_head_tail  # noqa: F401  (the runtime's text API)
+from common.text import (  # noqa: F401  (the runtime's text API)
+    clean_imdb_text,
+    clean_text,
+    encode_classifier_texts,
+    encode_for_model,
+    truncate_head_tail,
+)
 
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".plan", ".engine")

@@ -130,7 +130,9 @@ class TrtSession(Session):
         major, minor = device.compute_capability()
         check_compatible(self.manifest, str(trt.__version__), device.name(), f"{major}.{minor}")
         # the runtime outlives the engine
-        self._runtime, self._engine = _deserialize(trt, path, manifest_dla_core(self.manifest))
+        self._runtime, self._engine = _deserialize(
+            trt, path, manifest_dla_core(self.manifest),
+            host_code=bool(self.manifest.get("version_compatible")))
         self._stream = cuda.Stream()
         inputs, outputs = _io_specs(trt, self._engine, path)
         profiles = [_engine_profile(self._engine, inputs, index)
@@ -240,7 +242,7 @@ def manifest_dla_core(manifest: Mapping) -> int | None:
     return None if core is None else int(core)
 
 
-def _deserialize(trt, path: Path, dla_core: int | None = None):
+def _deserialize(trt, path: Path, dla_core: int | None = None, host_code: bool = False):
     global _LOGGER
     if _LOGGER is None:
         _LOGGER = trt.Logger(trt.Logger.WARNING)
@@ -258,6 +260,10 @@ def _deserialize(trt, path: Path, dla_core: int | None = None):
         except (RuntimeError, TypeError) as exc:
             raise ToolkitError(f"TensorRT could not select DLA core {dla_core} for {path}: "
                                f"{first_line(exc)}") from None
+    if host_code:
+        # A version-compatible plan embeds its lean runtime (host code), which IRuntime refuses
+        # unless engine_host_code_allowed (pyCore.cpp: v8.6.1, v10.3.0, v11.1).
+        runtime.engine_host_code_allowed = True
     try:
         engine = runtime.deserialize_cuda_engine(path.read_bytes())
     except RuntimeError as exc:

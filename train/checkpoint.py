@@ -116,12 +116,16 @@ def load_checkpoint(
 
 def capture_rng_state() -> Dict[str, Any]:
     rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # Only the device this process trains on: get_rng_state_all() would create a CUDA
+        # context on every visible GPU in every DDP rank (hundreds of MiB each).
+        rng["cuda_current"] = torch.cuda.get_rng_state()
     return rng
 
 
 def restore_rng_state(rng: Dict[str, Any]) -> None:
     torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
+    if "cuda_current" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda_current"])
+    elif "cuda" in rng and torch.cuda.is_available():  # checkpoints written before DDP
         torch.cuda.set_rng_state_all(rng["cuda"])

@@ -1,119 +1,291 @@
-"""Fine-tune a Hugging Face encoder on IMDB with the project's trainer:
+"""Fine-tune a Hugging Face encoder as a text classifier with the project's trainer:
 ``python -m train.hf_finetune --init-from DIR --out-dir checkpoints/minilm``.
 
 DIR is a ``save_pretrained`` folder of a BERT, DistilBERT or RoBERTa encoder (loaded offline,
-never remote code). The model is the encoder + masked mean pooling + a Linear head
-(``train.hf_model``); the task, hold-out split, checkpoints (best.pt, last.pt, history.json,
-curves), exact resume (``--resume``) and per-epoch validation are those of ``train.imdb``. The
-folder's tokenizer.json is copied beside the checkpoints with padding and truncation off (texts
-are truncated head + tail to ``--max-seq-len`` like our own classifier's). The first run writes
-``init.pt`` (the pretrained weights in our checkpoint format) and starts from it. Export the
-result with ``python -m export.hf --model OUT_DIR/best.pt --output models/NAME.onnx``.
+never remote code), checked before any data is read or ``--out-dir`` is made: config.json, a
+supported model_type, weight files that open, tokenizer.json. A bare encoder gets masked mean
+pooling + a new Linear head (``train.hf_model``); a ``*ForSequenceClassification`` folder keeps
+its own head and is trained on (its label count must be the data's). The labels come from the
+data: ``sample``/``hub`` are IMDB (negative/positive); a folder's ``train.jsonl`` holds
+``{"text", "label"}`` lines whose labels are all integers 0..K-1 or all strings (names; in the
+order of the folder's id2label when its head has named labels, else sorted). The hold-out
+split, checkpoints (best.pt, last.pt, history.json, curves), exact resume (``--resume``) and
+per-epoch validation are those of ``train.imdb``; texts are IMDB-cleaned as train.data does
+(recorded as ``text_cleaning`` in the checkpoint). The folder's tokenizer.json is copied beside
+the checkpoints with padding and truncation off (texts are truncated head + tail to
+``--max-seq-len`` like our own classifier's). The first run writes ``init.pt`` (the pretrained
+weights in our checkpoint format) and starts from it. Export the result with
+``python -m export.hf --model OUT_DIR/best.pt --output models/NAME.onnx``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
 
 import click
 
 from common.errors import ToolkitError, exit_on_toolkit_error
 from common.fileio import atomic_write_text
+from common.text import clean_imdb_text
+from train import data as datasets_
+from train import distributed
 from train.batching import encode_texts
 from train.checkpoint import TOKENIZER_FILE, load_checkpoint, save_checkpoint
 from train.cli_options import build, dataclass_options
-from train.imdb import LABELS, ImdbTask, check_fraction, load_train_holdout
+from train.imdb import LABELS, ImdbTask, check_fraction, split_holdout
 from train.trainer import TrainConfig, report_run, train
 
 # Usual BERT fine-tuning settings (Devlin et al.): small lr, short warmup, one or two epochs.
 TRAIN_DEFAULTS = dict(epochs=2, batch_size=16, lr=5e-5, warmup_steps=100, weight_decay=0.01)
 INIT_FILE = "init.pt"
+TRAIN_FILE = "train.jsonl"
+TEXT_CLEANING = "imdb"  # train.data's clean_imdb_text, on every source
+_DEFAULT_NAME = re.compile(r"LABEL_\d+")  # transformers' id2label when none was given
+Label = Union[int, str]
 
 
-def prepare_tokenizer(folder: Path, out_dir: Path):
-    """The folder's tokenizer.json, padding/truncation off, saved as OUT_DIR/tokenizer.json."""
+@dataclass
+class Folder:
+    """What ``check_folder`` found. head_labels: the id2label names of the folder's own
+    classification head (None for a bare encoder; transformers' LABEL_i defaults count as
+    unnamed, so [] then, with head_count set)."""
+
+    path: Path
+    model_type: str
+    tokenizer: Any  # tokenizers.Tokenizer, padding and truncation off
+    head_count: Optional[int] = None
+    head_labels: Optional[List[str]] = None
+
+
+def check_folder(folder: Path) -> Folder:
+    """One line naming the folder and what is wrong with it, before any data is read."""
+    from train.hf_model import ENCODER_TYPES, has_classification_head, weight_files
+
+    where = f"--init-from {folder}"
+    if not (folder / "config.json").is_file():
+        raise ToolkitError(f"{where}: no config.json (expected a save_pretrained folder)")
+    try:
+        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ToolkitError(f"{where}: config.json is not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ToolkitError(f"{where}: config.json is not a JSON object")
+    if raw.get("auto_map"):
+        raise ToolkitError(f"{where}: the checkpoint needs remote code (auto_map); "
+                           "trust_remote_code is never enabled here")
+    model_type = raw.get("model_type")
+    if model_type not in ENCODER_TYPES:
+        raise ToolkitError(
+            f"{where}: model_type {model_type!r} {raw.get('architectures') or []} cannot be "
+            f"fine-tuned here; supported encoders: {', '.join(ENCODER_TYPES)}")
+    weight_files(folder, "--init-from")  # each file opens: a corrupt one is named here
+    if not (folder / "tokenizer.json").is_file():
+        raise ToolkitError(f"{where}: no tokenizer.json (the fast tokenizer file)")
+    found = Folder(folder, model_type, read_tokenizer(folder / "tokenizer.json"))
+    if has_classification_head(raw):
+        problem = raw.get("problem_type")
+        if problem not in (None, "single_label_classification"):
+            raise ToolkitError(f"{where}: its head is for {problem}; fine-tuning here trains "
+                               "single-label classification (start from the bare encoder)")
+        id2label = raw.get("id2label") or {}
+        names = [str(id2label.get(str(i), id2label.get(i, ""))) for i in range(len(id2label))]
+        found.head_count = len(id2label) or int(raw.get("num_labels", 2))
+        found.head_labels = [] if all(_DEFAULT_NAME.fullmatch(n) for n in names) else names
+    return found
+
+
+def read_tokenizer(path: Path):
     from tokenizers import Tokenizer
 
-    source = folder / "tokenizer.json"
-    tok = Tokenizer.from_file(str(source))
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:  # the Rust bindings raise plain Exception
+        raise ToolkitError(f"tokenizer {path} is unreadable ({str(exc).splitlines()[0]})") \
+            from None
     tok.no_padding()
     tok.no_truncation()
-    atomic_write_text(out_dir / TOKENIZER_FILE, tok.to_str(pretty=False))
     return tok
 
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+# -- data: texts and labels, the label names and their ids ---------------------------------
+def load_labelled(data_source: Optional[str], limit: int) -> Tuple[List[str], List[Label], str]:
+    """(texts, raw labels, where) of the training split: IMDB (sample, hub) or TRAIN_FILE of a
+    folder (its ``imdb/`` subfolder too), the first ``limit`` when ``limit``."""
+    source = datasets_.resolve_data_source(data_source)
+    print(datasets_.describe_source(source, "IMDB" if source in (datasets_.SAMPLE,
+                                                                 datasets_.HUB) else "text"))
+    if source in (datasets_.SAMPLE, datasets_.HUB):
+        texts, labels = datasets_.imdb_splits(source)["train"]
+        where = f"IMDB ({source})"
+    else:
+        path = _train_file(Path(source))
+        texts, labels = read_labelled_jsonl(path)
+        where = str(path)
+    if limit:
+        texts, labels = texts[:limit], labels[:limit]
+    return list(texts), list(labels), where
 
 
-def check_folder(folder: Path) -> None:
-    """One line naming what the folder lacks, before any data is read."""
-    if not (folder / "config.json").is_file():
-        raise ToolkitError(f"--init-from {folder}: no config.json (expected a save_pretrained "
-                           "folder)")
-    if json.loads((folder / "config.json").read_text(encoding="utf-8")).get("auto_map"):
-        raise ToolkitError(f"--init-from {folder}: the checkpoint needs remote code (auto_map); "
-                           "trust_remote_code is never enabled here")
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
-        raise ToolkitError(f"--init-from {folder}: no weights (expected one of "
-                           f"{', '.join(WEIGHT_FILES)})")
-    if not (folder / "tokenizer.json").is_file():
-        raise ToolkitError(f"--init-from {folder}: no tokenizer.json (the fast tokenizer file)")
+def _train_file(folder: Path) -> Path:
+    for candidate in (folder / TRAIN_FILE, folder / "imdb" / TRAIN_FILE):
+        if candidate.is_file():
+            return candidate
+    raise ToolkitError(f"--data {folder}: no {TRAIN_FILE} (one {{\"text\": str, \"label\": "
+                       "int 0..K-1 or str}} object a line), nor imdb/" + TRAIN_FILE)
 
 
-def initial_checkpoint(folder: Path, out_dir: Path, max_seq_len: int, head_seed: int) -> Path:
-    """OUT_DIR/init.pt: the pretrained encoder and a fresh head, in our checkpoint format."""
+def read_labelled_jsonl(path: Path) -> Tuple[List[str], List[Label]]:
+    """``{"text", "label"}`` lines, labels all ints >= 0 or all non-empty strings; errors name
+    ``file:line``. Texts are IMDB-cleaned, as train.data.read_imdb_jsonl does."""
+    texts: List[str] = []
+    labels: List[Label] = []
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ToolkitError(f"{path} is not UTF-8 text (byte {exc.start})") from None
+    for lineno, line in enumerate(content.split("\n"), start=1):  # not splitlines: U+2028
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ToolkitError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise ToolkitError(f'{path}:{lineno}: expected an object with "text" and "label"')
+        label = record.get("label")
+        is_int = type(label) is int and label >= 0  # bool is an int: refused too
+        if not (is_int or (isinstance(label, str) and label.strip())):
+            raise ToolkitError(f"{path}:{lineno}: label {label!r}: expected an integer >= 0 or "
+                               "a label name")
+        if labels and isinstance(label, str) != isinstance(labels[0], str):
+            raise ToolkitError(f"{path}:{lineno}: label {label!r}: the file mixes integer and "
+                               "string labels; use one kind")
+        texts.append(clean_imdb_text(record["text"]))
+        labels.append(label)
+    if not texts:
+        raise ToolkitError(f"{path} holds no examples: expected one {{\"text\", \"label\"}} "
+                           "object a line")
+    return texts, labels
+
+
+def resolve_labels(raw: Sequence[Label], folder: Folder, where: str
+                   ) -> Tuple[List[str], List[int]]:
+    """(label names, label id per example). Integer labels 0..K-1 are ids (names: the head's,
+    else negative/positive for K = 2 as IMDB's, else label_i); string labels are names (ids in
+    the order of the head's named labels, else sorted)."""
+    if isinstance(raw[0], str):
+        seen = sorted(set(raw))
+        named = folder.head_labels
+        if named and not set(seen) <= set(named):
+            raise ToolkitError(f"{where}: labels {seen} are not the names of {folder.path}'s "
+                               f"classification head {named}")
+        names = list(named) if named else seen
+        index = {name: i for i, name in enumerate(names)}
+        ids = [index[label] for label in raw]
+    else:
+        ids = [int(label) for label in raw]
+        count = max(ids) + 1
+        names = list(folder.head_labels) if folder.head_labels and \
+            len(folder.head_labels) == count else \
+            (list(LABELS) if count == 2 else [f"label_{i}" for i in range(count)])
+    if len(names) < 2:
+        raise ToolkitError(f"{where}: only one label ({names[0]!r}); a classifier needs two or "
+                           "more")
+    if folder.head_count is not None and folder.head_count != len(names):
+        raise ToolkitError(
+            f"--init-from {folder.path}: its classification head has {folder.head_count} "
+            f"labels but {where} has {len(names)} {names}; fine-tune it on data with its "
+            "labels, or start from the bare encoder")
+    return names, ids
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+def initial_model(folder: Path, labels: Sequence[str], max_seq_len: int, head_seed: int):
+    """The pretrained encoder (its own head, or a fresh mean-pooling one) as our model."""
     from train.hf_model import classifier_from_pretrained
 
     try:
-        model = classifier_from_pretrained(folder, num_labels=len(LABELS), head_seed=head_seed,
-                                           max_seq_len=max_seq_len)
-    except (OSError, ValueError) as exc:
-        raise ToolkitError(f"--init-from {folder}: transformers cannot load it offline "
-                           f"({str(exc).splitlines()[0]})") from None
-    return save_checkpoint(out_dir / INIT_FILE, model.cfg, model,
-                           train_config={"init_from": str(folder)})
+        return classifier_from_pretrained(folder, num_labels=len(labels), head_seed=head_seed,
+                                          max_seq_len=max_seq_len, labels=labels)
+    except ToolkitError as exc:
+        raise ToolkitError(f"--init-from {exc}") from None
+
+
+def check_resumed_labels(init: Path, labels: Sequence[str]) -> None:
+    saved = (load_checkpoint(init).state.get("train_config") or {}).get("labels")
+    if saved is not None and list(saved) != list(labels):
+        raise ToolkitError(f"--resume: {init} was started with labels {saved}, the data has "
+                           f"{list(labels)}")
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(out_dir: Path) -> Iterator[None]:
+    """A run that fails before writing anything leaves no empty --out-dir behind."""
+    existed = out_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
 
 
 @click.command(context_settings={"show_default": True})
 @click.option("--init-from", "folder", required=True, type=click.Path(path_type=Path),
               help="save_pretrained folder of a BERT/DistilBERT/RoBERTa encoder")
 @click.option("--data", "data_source", default=None,
-              help="sample | hub | DIR with train.jsonl/test.jsonl "
+              help="sample | hub | DIR with train.jsonl ({text, label}: label 0..K-1 or a name) "
                    "[default: $DATA_DIR, $DATA, hub]")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("checkpoints/hf_imdb"))
-@click.option("--val-size", type=int, default=1000, help="reviews held out of train for epoch eval")
-@click.option("--limit", type=int, default=0, help="use only the first N training reviews")
-@click.option("--max-seq-len", type=int, default=256, help="tokens per review (head + tail)")
+@click.option("--val-size", type=int, default=1000, help="examples held out of train for epoch "
+              "eval")
+@click.option("--limit", type=int, default=0, help="use only the first N training examples")
+@click.option("--max-seq-len", type=int, default=256, help="tokens per text (head + tail)")
 @click.option("--word-dropout", type=float, default=0.0,
-              help="fraction of tokens hidden from each training review")
-@click.option("--head-seed", type=int, default=0, help="seed of the new classification head")
+              help="fraction of tokens hidden from each training text")
+@click.option("--head-seed", type=int, default=0, help="seed of a new classification head")
 @click.option("--resume", is_flag=True, help="continue from OUT_DIR/last.pt")
 @dataclass_options(TrainConfig, TRAIN_DEFAULTS)
 @exit_on_toolkit_error
 def main(folder, data_source, out_dir, val_size, limit, max_seq_len, word_dropout, head_seed,
          resume, **options):
-    """Fine-tune a pretrained encoder on IMDB (or the generated sample); keep the best epoch."""
+    """Fine-tune a pretrained encoder on labelled texts (IMDB, the generated sample, or a
+    folder's train.jsonl); keep the best epoch."""
+    distributed.setup()  # under torchrun: join the job first, so only rank 0 prints
     check_fraction("--word-dropout", word_dropout)
-    check_folder(folder)
-    tr_texts, tr_labels, val_texts, val_labels = load_train_holdout(data_source, limit, val_size)
+    found = check_folder(folder)
+    texts, raw_labels, where = load_labelled(data_source, limit)
+    labels, label_ids = resolve_labels(raw_labels, found, where)
+    tr_texts, tr_labels, val_texts, val_labels = split_holdout(texts, label_ids, val_size)
     train_cfg = build(TrainConfig, options, TRAIN_DEFAULTS)
-    out_dir.mkdir(parents=True, exist_ok=True)
     resuming = resume and (out_dir / "last.pt").is_file()
     init = out_dir / INIT_FILE
-    if not (resuming and init.is_file()):
-        initial_checkpoint(folder, out_dir, max_seq_len, head_seed)
+    task_config = {"word_dropout": word_dropout, "labels": labels, "init_from": str(folder),
+                   "text_cleaning": TEXT_CLEANING}
+    def write_start() -> None:  # rank 0 only under torchrun; the others read init.pt
+        with removed_if_left_empty(out_dir):
+            if resuming and init.is_file():
+                check_resumed_labels(init, labels)
+            else:  # the model loads before anything is written
+                model = initial_model(folder, labels, max_seq_len, head_seed)
+                save_checkpoint(init, model.cfg, model, train_config=task_config)
+            atomic_write_text(out_dir / TOKENIZER_FILE, found.tokenizer.to_str(pretty=False))
+
+    distributed.on_rank0_then_share(write_start)
     model_cfg = load_checkpoint(init).config
-    tok = prepare_tokenizer(folder, out_dir)
+    print(f"labels: {', '.join(labels)}; head: {model_cfg.head}")
     started = time.time()
     # The tokenizer's post-processor adds [CLS] ... [SEP]; head + tail truncation keeps both.
-    encoded = encode_texts(tok, tr_texts, model_cfg.max_seq_len)
-    val_encoded = encode_texts(tok, val_texts, model_cfg.max_seq_len)
-    print(f"tokenized {len(encoded)} train / {len(val_encoded)} held-out reviews in "
+    encoded = encode_texts(found.tokenizer, tr_texts, model_cfg.max_seq_len)
+    val_encoded = encode_texts(found.tokenizer, val_texts, model_cfg.max_seq_len)
+    print(f"tokenized {len(encoded)} train / {len(val_encoded)} held-out texts in "
           f"{time.time() - started:.1f} s")
     task = ImdbTask(encoded, tr_labels, val_encoded, val_labels, model_cfg.pad_id, word_dropout)
-    task_config = {"word_dropout": word_dropout, "labels": LABELS, "init_from": str(folder)}
     summary = train(task, model_cfg, train_cfg, out_dir, resume=resuming,
                     task_config=task_config, init_from=None if resuming else init)
     report_run(out_dir, summary, "classifier")

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from common.errors import ToolkitError, exit_on_toolkit_error
 from train import data as datasets_
+from train import distributed
 from train.batching import bucketed_batches, encode_texts, pad_batch
 from train.checkpoint import TOKENIZER_FILE
 from train.cli_options import build, dataclass_options
@@ -138,6 +139,17 @@ def split_holdout(texts, labels, val_size: int):
 def prepare_tokenizer(
     out_dir: Path, texts, vocab_size: int, resume: bool, gpt2_dir: str | None, lowercase: bool
 ):
+    if distributed.context().enabled:  # torchrun: rank 0 makes and saves it, every rank uses it
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_str(distributed.on_rank0_then_share(lambda: prepare_tokenizer_here(
+            out_dir, texts, vocab_size, resume, gpt2_dir, lowercase).to_str()))
+    return prepare_tokenizer_here(out_dir, texts, vocab_size, resume, gpt2_dir, lowercase)
+
+
+def prepare_tokenizer_here(
+    out_dir: Path, texts, vocab_size: int, resume: bool, gpt2_dir: str | None, lowercase: bool
+):
     path = out_dir / TOKENIZER_FILE
     if resume and path.is_file():
         return load_tokenizer(path)
@@ -177,6 +189,7 @@ def prepare_tokenizer(
 def main(data_source, out_dir, val_size, gpt2_dir, limit, word_dropout, pretrain_epochs,
          mask_rate, resume, **options):
     """Train the encoder classifier on IMDB (or the generated sample) and keep the best epoch."""
+    distributed.setup()  # under torchrun: join the job first, so only rank 0 prints
     check_fraction("--word-dropout", word_dropout)
     check_fraction("--mask-rate", mask_rate)
     tr_texts, tr_labels, val_texts, val_labels = load_train_holdout(data_source, limit, val_size)

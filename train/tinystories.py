@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from common.errors import ToolkitError, exit_on_toolkit_error
 from train import data as datasets_
+from train import distributed
 from train.batching import lm_batch, lm_token_stream, lm_train_batches, lm_windows_per_epoch
 from train.cli_options import build, dataclass_options
 from train.evaluate import evaluate_lm
@@ -81,6 +82,7 @@ class StoriesTask:
 @exit_on_toolkit_error
 def main(data_source, out_dir, val_stories, seq_len, gpt2_dir, limit, resume, **options):
     """Train the decoder LM on TinyStories (or the generated sample) and keep the best epoch."""
+    distributed.setup()  # under torchrun: join the job first, so only rank 0 prints
     source = datasets_.resolve_data_source(data_source)
     print(datasets_.describe_source(source, "TinyStories"))
     stories = datasets_.tinystories_splits(source)["train"]

@@ -7,10 +7,15 @@ optional Weights & Biases.
 Exact resume: batches are a function of (seed, epoch) and the schedule of the total step count,
 and a checkpoint holds model, optimizer, scheduler, grad-scaler and RNG states; so N steps,
 then a resumed run of N more, ends with the weights of one run of 2N steps.
+
+Under torchrun (train/distributed.py) the same loop runs on every rank with
+DistributedDataParallel: each global batch is split by rank, rank 0 evaluates and writes, and a
+checkpoint also holds every rank's RNG state, so resuming with the same world size is exact too.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
@@ -23,8 +28,9 @@ from tqdm import tqdm
 
 from common.errors import ToolkitError
 from common.fileio import atomic_write_json, read_json
-from train.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
-from train.hf_model import build_model  # our models and fine-tuned HF encoders
+from train import distributed
+from train.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from train.hf_model import build_model, config_to_dict  # our models and fine-tuned HF encoders
 from train.model import ModelConfig, count_parameters
 
 
@@ -47,7 +53,10 @@ class TrainConfig:
 
 
 class Task(Protocol):
-    """What the loop needs from a model family (IMDB classifier, TinyStories LM)."""
+    """What the loop needs from a model family (IMDB classifier, TinyStories LM).
+
+    A batch is a sequence of examples (list of indices, array of window starts) whose loss is
+    the mean over its examples: under torchrun each rank gets ``batch[rank::world_size]``."""
 
     kind: str
 
@@ -104,16 +113,26 @@ class _Run:
     steps_per_epoch: int
     task_config: Dict[str, Any]
     autocast_dtype: Optional[torch.dtype]  # None: train in fp32
+    dist: distributed.Context = field(default_factory=distributed.Context)
+    ddp: Optional[torch.nn.Module] = None  # DistributedDataParallel(_TaskLoss) under torchrun
+    checkpoint_extra: Dict[str, Any] = field(default_factory=dict)  # top-level in each .pt
     step: int = 0
     best_score: float = -math.inf
     history: List[Dict[str, Any]] = field(default_factory=list)
 
     def save(self, name: str, metrics: Optional[Dict[str, float]] = None) -> None:
+        """Every rank calls this (its RNG state is gathered); rank 0 writes, atomically."""
         extra = {
+            **self.checkpoint_extra,
             "scaler": self.scaler.state_dict(),
             "history": self.history,
             "best_score": self.best_score,
+            "world_size": self.dist.world_size,
         }
+        if self.dist.enabled:
+            extra["rng_ranks"] = distributed.gather(capture_rng_state())
+        if not self.dist.is_main:
+            return
         save_checkpoint(
             self.out_dir / name,
             self.model_config,
@@ -132,33 +151,46 @@ class _Run:
         cfg, autocast_dtype = self.cfg, self.autocast_dtype
         done = self.step - epoch * self.steps_per_epoch
         batches = self.task.batches(cfg.batch_size, cfg.seed, epoch)[done:]
-        self.model.train()
+        (self.ddp or self.model).train()
         running, seen = 0.0, 0
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", mininterval=2.0, leave=False)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", mininterval=2.0, leave=False,
+                   disable=not self.dist.is_main)
         for batch in bar:
             with torch.autocast(
                 self.device.type, dtype=autocast_dtype or torch.float32,
                 enabled=autocast_dtype is not None,
             ):
-                loss = self.task.loss(self.model, batch, self.device)
+                loss, weight = self.forward(batch)
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            # DDP averages the ranks' gradients; weighting each rank's mean loss by
+            # world_size * (its examples / the global batch's) turns that average into the
+            # gradient of the mean over the global batch, as one process computes it.
+            self.scaler.scale(loss * (weight * self.dist.world_size)).backward()
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
             self.step += 1
-            running, seen = running + loss.item(), seen + 1
-            bar.set_postfix(loss=f"{running / seen:.4f}", refresh=False)
+            running, seen = running + loss.item() * weight, seen + 1
+            bar.set_postfix(loss=f"{running * self.dist.world_size / seen:.4f}", refresh=False)
             if self.step >= stop_at:
                 break
         bar.close()
-        return running / max(seen, 1)
+        # The global batch's loss is the weighted sum of the ranks' losses.
+        return distributed.all_sum(running) / max(seen, 1)
+
+    def forward(self, batch: Any):
+        """(this rank's mean loss, its share of the global batch's examples)."""
+        if self.ddp is None:
+            return self.task.loss(self.model, batch, self.device), 1.0
+        return distributed.sharded_loss(self.ddp, batch, self.dist)
 
     def end_epoch(self, epoch: int, train_loss: float, elapsed_s: float) -> Dict[str, Any]:
-        """Evaluate, keep best.pt and last.pt, append to history.json; the history row."""
-        metrics = self.task.evaluate(self.model)
+        """Evaluate, keep best.pt and last.pt, append to history.json; the history row.
+        Rank 0 evaluates and writes; every rank gets the metrics, so all keep one history."""
+        metrics = self.task.evaluate(self.model) if self.dist.is_main else None
+        metrics = distributed.broadcast(metrics)
         row = {
             "epoch": epoch + 1,
             "step": self.step,
@@ -174,9 +206,9 @@ class _Run:
         if row["best"]:
             self.save("best.pt", metrics)
         self.save("last.pt", metrics)
-        atomic_write_json(
-            self.out_dir / "history.json", {"kind": self.model_config.kind, "epochs": self.history}
-        )
+        if self.dist.is_main:
+            atomic_write_json(self.out_dir / "history.json",
+                              {"kind": self.model_config.kind, "epochs": self.history})
         return row
 
 
@@ -189,25 +221,44 @@ def train(
     log: Callable[[str], None] = print,
     task_config: Optional[Dict[str, Any]] = None,
     init_from: Optional[Path] = None,
+    checkpoint_extra: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Train, evaluate each epoch, keep best.pt and last.pt in out_dir; returns the summary.
 
     task_config (e.g. the LM's training window) is saved in the checkpoint's train_config.
     init_from: a checkpoint (e.g. from pretraining) whose weights replace the random init;
-    a resumed run takes its weights from last.pt instead."""
+    a resumed run takes its weights from last.pt instead.
+    checkpoint_extra: entries stored at the top level of every checkpoint this run writes
+    (e.g. a feature model's normalisation statistics); they may not replace the trainer's.
+
+    Under torchrun every rank calls this with the same arguments; only rank 0 logs and writes,
+    and every rank returns the same summary."""
     run = _start(task, model_config, cfg, Path(out_dir), task_config or {})
+    run.checkpoint_extra = _checked_extra(checkpoint_extra or {})
+    if not run.dist.is_main:
+        log = _quiet
+    distributed.check_same_config({
+        "train": asdict(cfg), "task": task_config or {}, "model": config_to_dict(model_config),
+        "steps_per_epoch": run.steps_per_epoch, "resume": resume,
+        "init_from": str(init_from) if init_from is not None and not resume else None,
+    })
     if resume:
         _resume(run, run.out_dir / "last.pt", log)
     elif init_from is not None:
         _load_weights(run, Path(init_from), log)
+    if run.dist.enabled:
+        probe = task.batches(cfg.batch_size, cfg.seed, 0)[0][:1]  # one example
+        run.ddp = distributed.wrap_task_loss(task, run.model, run.device, probe)
     total_steps = cfg.epochs * run.steps_per_epoch
     log(
         f"{model_config.kind}: {count_parameters(run.model):,} parameters, "
         f"{run.steps_per_epoch} steps/epoch, {total_steps} steps, device {run.device}, "
         f"threads {torch.get_num_threads()}, "
         f"precision {_precision_name(run.autocast_dtype)}"
+        + (f", {run.dist.world_size} ranks ({run.dist.backend}), global batch {cfg.batch_size}"
+           if run.dist.enabled else "")
     )
-    wandb_run = _maybe_wandb(model_config, cfg, log)
+    wandb_run = _maybe_wandb(model_config, cfg, log) if run.dist.is_main else None
     started = time.time() - (run.history[-1]["elapsed_s"] if run.history else 0.0)
     stop_at = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
     while run.step < stop_at:
@@ -227,6 +278,10 @@ def train(
             wandb_run.log(row, step=run.step)
     if wandb_run is not None:
         wandb_run.finish()
+    if run.ddp is not None:
+        run.ddp = None  # DDP holds the process group: free it now, not at interpreter exit
+        gc.collect()
+    distributed.barrier()  # rank 0's last writes are done before any rank moves on
     return {
         "steps": run.step,
         "history": run.history,
@@ -235,13 +290,34 @@ def train(
     }
 
 
+RESERVED_KEYS = ("format", "version", "model_config", "model", "optimizer", "scheduler", "rng",
+                 "step", "epoch", "train_config", "metrics", "scaler", "history", "best_score",
+                 "world_size", "rng_ranks")
+
+
+def _checked_extra(extra: Dict[str, Any]) -> Dict[str, Any]:
+    clash = sorted(set(extra) & set(RESERVED_KEYS))
+    if clash:
+        raise ToolkitError(f"checkpoint_extra keys {clash} would replace the trainer's own")
+    return dict(extra)
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
 def _start(task, model_config, cfg: TrainConfig, out_dir: Path, task_config) -> _Run:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dist = distributed.setup()
+    device = dist.device
     if device.type == "cpu":
-        torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+        # CPU ranks on one machine share its cores: the default splits them between the ranks.
+        cores = (os.cpu_count() or 1) // dist.local_world_size
+        torch.set_num_threads(cfg.threads or max(1, cores))
         keep_freed_memory_in_process()
     torch.manual_seed(cfg.seed)
     model = build_model(model_config).to(device)
+    if dist.enabled:  # the same initial weights on every rank, then a dropout stream per rank
+        torch.manual_seed(cfg.seed * 1_000_003 + dist.rank + 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = task.steps_per_epoch(cfg.batch_size)
     if steps_per_epoch <= 0:
@@ -263,6 +339,7 @@ def _start(task, model_config, cfg: TrainConfig, out_dir: Path, task_config) -> 
         steps_per_epoch,
         task_config,
         autocast_dtype,
+        dist,
     )
 
 
@@ -304,7 +381,14 @@ def _resume(run: _Run, path: Path, log) -> None:
         raise ToolkitError(f"{path} has no usable optimizer/scheduler state ({exc})") from None
     if ckpt.state.get("scaler"):
         run.scaler.load_state_dict(ckpt.state["scaler"])
-    restore_rng_state(ckpt.state["rng"])
+    saved_world = int(ckpt.state.get("world_size", 1))
+    if saved_world != run.dist.world_size:
+        raise ToolkitError(
+            f"{path} was written by a run of {saved_world} rank(s); resume it with "
+            f"{saved_world} (this run has {run.dist.world_size}), or start a new --out-dir"
+        )
+    rng = ckpt.state["rng_ranks"][run.dist.rank] if run.dist.enabled else ckpt.state["rng"]
+    restore_rng_state(rng)
     run.history = list(ckpt.state.get("history", []))
     history_file = path.parent / "history.json"
     if not run.history and history_file.is_file():
@@ -330,8 +414,11 @@ def _maybe_wandb(model_config, cfg, log):
 
 
 def report_run(out_dir: Path, summary: Dict[str, Any], kind: str, log=print) -> None:
-    """Draw the curves and list what the run left in out_dir."""
+    """Draw the curves and list what the run left in out_dir (rank 0 only under torchrun)."""
     from train.checkpoint import TOKENIZER_FILE
+
+    if not distributed.context().is_main:
+        return
     from train.plots import plot_history
 
     # A run stopped by max_steps inside its first epoch has no evaluated epoch to draw yet.

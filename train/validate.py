@@ -110,7 +110,8 @@ def print_summary(kind: str, metrics: Dict) -> None:
 @click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
               help="best.pt / last.pt with tokenizer.json beside it.")
 @click.option("--split", default=None,
-              help="train|test (classifier) or train|valid (decoder) [default: test / valid]")
+              help="train|test (classifier), train|valid (decoder), train|valid|test (feature "
+                   "classifier) [default: test / valid]")
 @click.option("--output-dir", required=True, type=click.Path(file_okay=False),
               help="Where <split>_metrics.json and the PNGs go.")
 @click.option("--data", "data_source", default=None,
@@ -132,6 +133,8 @@ def main(checkpoint: str, split: str | None, output_dir: str, data_source: str |
     check_positive("--seq-len", seq_len)
     ckpt = load_checkpoint(checkpoint)
     split = split or DEFAULT_SPLIT[ckpt.kind]
+    if _is_feature_checkpoint(ckpt):
+        return validate_features(ckpt, split, data_source, batch_size, max_samples, output_dir)
     check_split(ckpt.kind, split)
     tok = load_tokenizer(ckpt.tokenizer_path)
     source = data_sources.resolve_data_source(data_source)
@@ -161,6 +164,28 @@ def main(checkpoint: str, split: str | None, output_dir: str, data_source: str |
     metrics_path = atomic_write_json(out_dir / f"{split}_metrics.json", metrics)
     print_summary(ckpt.kind, metrics)
     for path in [metrics_path, *metrics.get("plots", [])]:
+        click.echo(f"wrote {path}")
+
+
+def _is_feature_checkpoint(ckpt) -> bool:
+    from train.feature_eval import is_feature_checkpoint
+
+    return is_feature_checkpoint(ckpt)
+
+
+def validate_features(ckpt, split: str, data_source: str | None, batch_size: int,
+                      max_samples: int | None, output_dir: str) -> None:
+    """A continuous-feature classifier: its data (recorded in the checkpoint, or --data: a
+    folder or file of .npz/.csv/.parquet), normalised with its statistics."""
+    from train.feature_eval import validate_checkpoint
+
+    metrics = validate_checkpoint(ckpt, split, data_source, batch_size, max_samples,
+                                  Path(output_dir))
+    metrics = {"kind": "feature_classifier", "checkpoint": str(ckpt.path), "split": split,
+               **metrics}
+    metrics_path = atomic_write_json(Path(output_dir) / f"{split}_metrics.json", metrics)
+    print_summary("classifier", metrics)
+    for path in [metrics_path, *metrics["plots"]]:
         click.echo(f"wrote {path}")
 
 

@@ -35,7 +35,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Callable, Dict, Optional, Union
 
 import click
 
@@ -54,10 +54,14 @@ TARGETS = ("jetson", "cpu")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODEL_SOURCES = Path(__file__).resolve().parent / "models"
 # Device-side packages model.py imports (a missing optional one is skipped).
-TOOLKIT_PACKAGES = ("common", "runtime", "engines", "jetson")
+TOOLKIT_PACKAGES = ("common", "calibration", "runtime", "engines", "jetson")
 TOOLKIT_DIR = "_toolkit"
 TOKENIZER_FILE = "tokenizer.json"
 REPOSITORY_RECORD = "repository.json"
+ONNX_GENERATOR_ON_JETSON = (
+    "note: --stories {stories} is an ONNX: tinystories_generate will run it with ONNX "
+    "Runtime on the ARM CPU, not the GPU; for the GPU give a decoder plan (python -m "
+    "engines.build, then --stories engines/<name>.<precision>.plan)")
 
 FileSource = Union[Path, bytes]
 
@@ -65,20 +69,30 @@ FileSource = Union[Path, bytes]
 def build_repository(target: str, output: Union[str, os.PathLike],
                      imdb: Optional[Union[str, os.PathLike]] = None,
                      stories: Optional[Union[str, os.PathLike]] = None,
-                     instances: int = configs.DEFAULT_INSTANCES,
-                     queue_delay_us: int = configs.QUEUE_DELAY_US, force: bool = False) -> Path:
+                     classifier_instances: int = configs.DEFAULT_CLASSIFIER_INSTANCES,
+                     generator_instances: int = configs.DEFAULT_GENERATOR_INSTANCES,
+                     queue_delay_us: int = configs.QUEUE_DELAY_US,
+                     generator_queue: int = configs.DEFAULT_GENERATOR_QUEUE,
+                     force: bool = False, notify: Callable[[str], None] = lambda line: None,
+                     features_model: Optional[Union[str, os.PathLike]] = None,
+                     features_backend: Optional[str] = None) -> Path:
     """Write the repository for ``target`` into ``output``; returns its path.
 
     imdb: the classifier to serve (cpu: its .onnx; jetson: its .plan, the manifest naming the
-    ONNX). stories: the decoder (.onnx; on jetson a .plan too). instances: instance count of
-    imdb_classifier and tinystories_generate (the latter serves one stream per instance).
+    ONNX). stories: the decoder (.onnx; on jetson a .plan too). classifier_instances: instances
+    of imdb_classifier (on jetson each holds its own engine); generator_instances: of
+    tinystories_generate, one stream each; generator_queue: streams that may wait for one.
+    notify: gets one line per thing the user should know (where a model runs).
     """
     if target not in TARGETS:
         raise ToolkitError(f"--target {target!r}: expected one of {list(TARGETS)}")
-    if imdb is None and stories is None:
-        raise ToolkitError("nothing to serve: give --imdb and/or --stories")
-    if instances < 1:
-        raise ToolkitError(f"--instances {instances}: expected 1 or more")
+    if imdb is None and stories is None and features_model is None:
+        raise ToolkitError("nothing to serve: give --imdb, --stories and/or --features-model")
+    for option, count in (("--classifier-instances", classifier_instances),
+                          ("--generator-instances", generator_instances),
+                          ("--generator-queue", generator_queue)):
+        if count < 1:
+            raise ToolkitError(f"{option} {count}: expected 1 or more")
     output = Path(output)
     _check_output(output, force)
     on_jetson = target == "jetson"
@@ -89,6 +103,8 @@ def build_repository(target: str, output: Union[str, os.PathLike],
     if stories is not None:
         decoder = resolve_model(stories, "decoder", allow_plan=on_jetson, allow_onnx=True,
                                 option="--stories")
+        if on_jetson and not decoder.is_plan:
+            notify(ONNX_GENERATOR_ON_JETSON.format(stories=stories))
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     try:
@@ -99,9 +115,17 @@ def build_repository(target: str, output: Union[str, os.PathLike],
         os.chmod(staging, 0o777 & ~umask)
         models: Dict[str, dict] = {}
         if classifier is not None:
-            models.update(_write_imdb(staging, target, classifier, instances, queue_delay_us))
+            models.update(_write_imdb(staging, target, classifier, classifier_instances,
+                                      queue_delay_us))
         if decoder is not None:
-            models.update(_write_generator(staging, decoder, instances))
+            models.update(_write_generator(staging, decoder, generator_instances,
+                                           generator_queue))
+        if features_model is not None:  # a continuous-feature classifier (feature_configs.py)
+            from triton_repo.feature_configs import write_feature_model
+
+            models.update(write_feature_model(staging, target, features_model,
+                                              classifier_instances, queue_delay_us,
+                                              _write_model, features_backend))
         record = {"target": target, "models": models}
         (staging / REPOSITORY_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True)
                                                  + "\n", encoding="utf-8")
@@ -156,6 +180,9 @@ def text_settings(art: ModelArtifacts, profile) -> Dict[str, str]:
               "length_buckets": ",".join(str(b) for b in buckets)}
     if cls_id is not None:
         params["cls_id"] = str(cls_id)
+    from common.artifacts import text_rules
+
+    params["text"] = json.dumps(text_rules(art.sidecar), sort_keys=True)  # cleaning, truncation
     return params
 
 
@@ -164,28 +191,38 @@ def _write_imdb(root: Path, target: str, art: ModelArtifacts, instances: int,
     profile = classifier_profile(art)
     max_batch = profile["batch"][2]
     labels = list(art.sidecar["labels"])
+    inputs = [i["name"] for i in art.sidecar["inputs"]]
+    if inputs != ["input_ids", "attention_mask"]:
+        raise ToolkitError(f"{art.model}: inputs {inputs}; the repository's ensemble sends one "
+                           "text as input_ids and attention_mask (a --sentence-pairs export "
+                           "is served by runtime/classify.py --pairs, not by Triton)")
     dtypes = {name: engine_dtype(art, name)
               for name in ("input_ids", "attention_mask", "logits")}
     if (dtypes["input_ids"], dtypes["attention_mask"]) != ("int32", "int32") or \
             dtypes["logits"] not in ("float32", "float16"):
         raise ToolkitError(f"{art.model}: I/O types {dtypes}; the repository's tokenizer sends "
                            "int32 ids and mask and its postprocess takes float32/float16 logits")
-    _write_model(root, configs.tokenizer_config(max_batch, text_settings(art, profile)),
+    settings = text_settings(art, profile)
+    _write_model(root, configs.tokenizer_config(max_batch, settings),
                  {TOKENIZER_FILE: art.tokenizer}, source="imdb_tokenizer.py")
-    opt_seq = profile["seq"][1]
-    warmup = configs.warmup_files(opt_seq, dtypes)
+    # warm up at the lengths the tokenizer pads to, not at the profile's opt length
+    lengths = [int(n) for n in settings["length_buckets"].split(",")]
+    warmup = configs.warmup_files(lengths, dtypes)
     if target == "jetson":
         config = configs.classifier_plan_config(profile, len(labels), dtypes, dla_core(art),
-                                                instances, queue_delay_us)
+                                                instances, queue_delay_us, lengths)
         _write_model(root, config, {"model.plan": art.model,
                                     "model.plan.json": _manifest_file(art)}, warmup=warmup)
     else:
         config = configs.classifier_ort_config(profile, len(labels), dtypes, instances,
-                                               queue_delay_us, {"model": "model.onnx"})
+                                               queue_delay_us, {"model": "model.onnx"}, lengths)
         _write_model(root, config, {"model.onnx": art.onnx, "model.onnx.json": _sidecar_file(art)},
                      source="imdb_classifier_ort.py", warmup=warmup)
-    _write_model(root, configs.postprocess_config(max_batch, len(labels),
-                                                  {"labels": json.dumps(labels)},
+    from common.artifacts import head_rules
+
+    post_params = {"labels": json.dumps(labels),
+                   "head": json.dumps(head_rules(art.sidecar), sort_keys=True)}
+    _write_model(root, configs.postprocess_config(max_batch, len(labels), post_params,
                                                   dtypes["logits"]),
                  {}, source="imdb_postprocess.py")
     _write_model(root, configs.ensemble_config(max_batch, len(labels)), {})
@@ -197,7 +234,8 @@ def _write_imdb(root: Path, target: str, art: ModelArtifacts, instances: int,
 
 # -- the generator -------------------------------------------------------------------------------
 
-def _write_generator(root: Path, art: ModelArtifacts, instances: int) -> Dict[str, dict]:
+def _write_generator(root: Path, art: ModelArtifacts, instances: int,
+                     max_queue: int) -> Dict[str, dict]:
     if art.is_plan:
         model_file = "model.plan"
         files = {model_file: art.model, "model.plan.json": _manifest_file(art)}
@@ -207,7 +245,7 @@ def _write_generator(root: Path, art: ModelArtifacts, instances: int) -> Dict[st
     files[TOKENIZER_FILE] = art.tokenizer
     params = {"model": model_file, "tokenizer": TOKENIZER_FILE,
               "default_max_new_tokens": str(64)}
-    _write_model(root, configs.generator_config(instances, params), files,
+    _write_model(root, configs.generator_config(instances, params, max_queue), files,
                  source="tinystories_generate.py")
     return {"tinystories_generate": _served(art)}
 
@@ -283,17 +321,44 @@ def copy_toolkit(destination: Path) -> None:
               help="classifier: .onnx (cpu) or .plan with its manifest (jetson)")
 @click.option("--stories", type=click.Path(path_type=Path), default=None,
               help="decoder: .onnx, or on jetson a .plan with its manifest")
-@click.option("--instances", type=int, default=configs.DEFAULT_INSTANCES,
-              help="instances of imdb_classifier and tinystories_generate (= parallel streams)")
+@click.option("--classifier-instances", type=int, default=configs.DEFAULT_CLASSIFIER_INSTANCES,
+              help="instances of imdb_classifier; on jetson each deserializes its own engine "
+                   "(TensorRT's backend shares none with dynamic shapes): memory, not speed")
+@click.option("--generator-instances", type=int, default=configs.DEFAULT_GENERATOR_INSTANCES,
+              help="instances of tinystories_generate = parallel streams, each with its own "
+                   "session and KV cache")
+@click.option("--generator-queue", type=int, default=configs.DEFAULT_GENERATOR_QUEUE,
+              help="streams that may wait for a generator instance; beyond, Triton refuses a "
+                   "stream at once (UNAVAILABLE: Exceeds maximum queue size)")
 @click.option("--queue-delay-us", type=int, default=configs.QUEUE_DELAY_US,
               help="imdb_classifier dynamic batching max_queue_delay_microseconds")
 @click.option("--force", is_flag=True, help="replace an existing non-empty --output")
+@click.option("--features-model", type=click.Path(path_type=Path), default=None,
+              help="continuous-feature classifier: .onnx (cpu) or .plan (jetson), served as "
+                   "feature_classifier (triton_repo/feature_configs.py)")
+@click.option("--features-backend", type=click.Choice(["python", "onnxruntime"]), default=None,
+              help="cpu: python (ONNX Runtime in the python backend, the default) or "
+                   "onnxruntime (Triton's own ONNX Runtime backend)")
 @exit_on_toolkit_error
 def main(target: str, output: Path, imdb: Optional[Path], stories: Optional[Path],
-         instances: int, queue_delay_us: int, force: bool) -> None:
+         classifier_instances: int, generator_instances: int, generator_queue: int,
+         queue_delay_us: int, force: bool, features_model: Optional[Path],
+         features_backend: Optional[str]) -> None:
     """Write a Triton model repository serving the IMDB classifier and the TinyStories
-    generator."""
-    path = build_repository(target, output, imdb, stories, instances, queue_delay_us, force)
+    generator.
+
+    \b
+    Where each model runs with --target jetson: imdb_classifier on the GPU (or the DLA core
+    the engine was built for) through Triton's TensorRT backend; imdb_tokenizer and
+    imdb_postprocess on the CPU (python backend); tinystories_generate with a decoder .plan
+    on the GPU (TensorRT through pycuda in the python model), with a decoder .onnx on the
+    ARM CPU (ONNX Runtime's CPU provider): build a plan with `python -m engines.build` for
+    the GPU route.
+    """
+    path = build_repository(target, output, imdb, stories, classifier_instances,
+                            generator_instances, queue_delay_us, generator_queue, force,
+                            notify=lambda line: click.echo(line, err=True),
+                            features_model=features_model, features_backend=features_backend)
     models = sorted(p.name for p in path.iterdir() if (p / "config.pbtxt").is_file())
     click.echo(f"wrote {path} ({target}): {', '.join(models)}")
 

@@ -9,7 +9,14 @@ Classification goes over HTTP or gRPC: the texts are sent as one ``TEXT`` batch 
 BYTES, UTF-8), split at the model's ``max_batch_size``; each row comes back as ``LABEL`` and
 ``PROBABILITIES`` (in the sidecar's label order). Generation streams over gRPC (tritonclient's
 HTTP client has no decoupled streaming): one response per token, then a final one that carries
-the stop reason. Each stream gets its own gRPC client, since a client holds one stream at a time.
+the stop reason. A gRPC client holds one stream at a time: ``StreamClient`` runs streams one
+after another on one connection; ``generate`` opens one for a single stream.
+
+Servers: Triton 2.34 (23.05) and newer (``triton_repo.versions``). Each client reads the server's
+version once as it connects and refuses an older server naming both versions; below 2.35 the
+stream end is the model's own final response (Triton's end-of-stream flag does not exist yet).
+Every call has a timeout (``timeout_s``, 60 s by default), so a stalled server fails a call
+instead of hanging it, and every connection is closed when a check fails.
 
 Every failure the user can act on (server down, model missing or not ready, an error response)
 is a one-line ``ToolkitError`` naming the URL and the model. tritonclient is imported inside the
@@ -28,18 +35,21 @@ if __package__ in (None, ""):  # run by path: the repository root replaces trito
 import json
 import queue
 import time
+from contextlib import closing
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import click
 import numpy as np
 
 from common.errors import ToolkitError, exit_on_toolkit_error
+from triton_repo.versions import STREAM_FINAL_RESPONSE_FROM, check_supported, format_version
 
 PROTOCOLS = ("http", "grpc")
 DEFAULT_URLS = {"http": "127.0.0.1:8000", "grpc": "127.0.0.1:8001"}
 CLASSIFIER_MODEL = "imdb"
 GENERATOR_MODEL = "tinystories_generate"
+DEFAULT_TIMEOUT_S = 60.0  # per call (HTTP: connect and each read; gRPC: each call's deadline)
 
 
 @dataclass
@@ -81,8 +91,18 @@ def _transport_errors() -> tuple:
     return (InferenceServerException, OSError, ConnectionError, TimeoutError)
 
 
-def connect(url: str, protocol: str = "http", timeout_s: float = 60.0):
-    """A tritonclient InferenceServerClient for ``url`` (host:port); nothing is sent yet."""
+def _deadline(protocol: str, timeout_s: float) -> Dict[str, Any]:
+    """Keyword arguments that bound one call. gRPC takes a deadline per call (without one a
+    server that accepts the connection and never answers holds the call ~20 s per attempt, and
+    a stalled stream forever); the HTTP client got its timeouts in ``connect``."""
+    return {"client_timeout": timeout_s} if protocol == "grpc" else {}
+
+
+def connect(url: str, protocol: str = "http", timeout_s: float = DEFAULT_TIMEOUT_S):
+    """A tritonclient InferenceServerClient for ``url`` (host:port); nothing is sent yet.
+
+    HTTP: ``timeout_s`` bounds connecting and each read. gRPC: pass ``_deadline(protocol,
+    timeout_s)`` to each call (the gRPC client has no client-wide timeout)."""
     if protocol not in PROTOCOLS:
         raise ToolkitError(f"protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
     url = _strip_scheme(url)
@@ -97,18 +117,20 @@ def connect(url: str, protocol: str = "http", timeout_s: float = 60.0):
 
 
 def wait_until_ready(url: str, protocol: str = "http", models: Sequence[str] = (),
-                     timeout_s: float = 30.0, poll_s: float = 0.2) -> None:
-    """Return once the server and every model in ``models`` are ready; else ToolkitError."""
-    client = connect(url, protocol, timeout_s=max(poll_s, 2.0))
+                     timeout_s: float = 30.0, poll_s: float = 0.2) -> Tuple[int, int, int]:
+    """Wait until the server and every model in ``models`` are ready; return the server's
+    version. ToolkitError after ``timeout_s``, or at once on a server below MIN_TRITON."""
+    call_s = max(0.1, min(2.0, timeout_s))  # one probe never outlasts the whole wait
     deadline = time.monotonic() + timeout_s
     last = "no answer"
-    try:
+    with closing(connect(url, protocol, timeout_s=call_s)) as client:
         while True:
             try:
-                if client.is_server_ready():
-                    waiting = [m for m in models if not client.is_model_ready(m)]
+                if client.is_server_ready(**_deadline(protocol, call_s)):
+                    waiting = [m for m in models
+                               if not client.is_model_ready(m, **_deadline(protocol, call_s))]
                     if not waiting:
-                        return
+                        return server_version(client, url, protocol, call_s)
                     last = f"model(s) {', '.join(waiting)} not ready"
                 else:
                     last = "server not ready"
@@ -118,32 +140,55 @@ def wait_until_ready(url: str, protocol: str = "http", models: Sequence[str] = (
                 raise ToolkitError(f"triton at {url} ({protocol}) not ready after "
                                    f"{timeout_s:g} s: {last}")
             time.sleep(poll_s)
-    finally:
-        client.close()
 
 
-def check_model(client, url: str, protocol: str, model: str) -> Dict[str, Any]:
-    """The model's config as a dict; ToolkitError when the server is down or the model absent."""
+def server_version(client, url: str, protocol: str,
+                   timeout_s: float = DEFAULT_TIMEOUT_S) -> Tuple[int, int, int]:
+    """The server's version from its metadata (``/v2``, gRPC ServerMetadata); ToolkitError (one
+    line, both versions) below ``versions.MIN_TRITON``."""
     try:
-        live = client.is_server_live()
+        metadata = client.get_server_metadata(as_json=True, **_deadline(protocol, timeout_s)) \
+            if protocol == "grpc" else client.get_server_metadata()
     except _transport_errors() as exc:
         raise ToolkitError(f"triton at {url} ({protocol}) does not answer: {_describe(exc)} "
                            f"(is it running? jetson/run_triton.sh starts it)") from None
-    if not live:
-        raise ToolkitError(f"triton at {url} ({protocol}) is not live")
     try:
-        ready = client.is_model_ready(model)
+        return check_supported(str(metadata.get("version", "")))
+    except ToolkitError as exc:
+        raise ToolkitError(f"triton at {url}: {exc}") from None
+
+
+def check_model(client, url: str, protocol: str, model: str,
+                timeout_s: float = DEFAULT_TIMEOUT_S) -> Dict[str, Any]:
+    """The model's config as a dict; ToolkitError when the model is absent or not ready."""
+    limit = _deadline(protocol, timeout_s)
+    try:
+        ready = client.is_model_ready(model, **limit)
     except _transport_errors() as exc:
         raise ToolkitError(f"triton at {url}: model {model!r}: {_describe(exc)}") from None
     if not ready:
         raise ToolkitError(f"triton at {url}: model {model!r} is not loaded or not ready "
                            f"(see the server log; the repository must contain it)")
     try:
-        config = client.get_model_config(model, as_json=True) if protocol == "grpc" else \
-            client.get_model_config(model)
+        config = client.get_model_config(model, as_json=True, **limit) if protocol == "grpc" \
+            else client.get_model_config(model)
     except _transport_errors() as exc:
         raise ToolkitError(f"triton at {url}: model {model!r} config: {_describe(exc)}") from None
     return config.get("config", config)
+
+
+def open_checked(url: str, protocol: str, model: str, timeout_s: float = DEFAULT_TIMEOUT_S):
+    """(client, server version, model config): connected, the version read once (which also
+    says whether the server answers), the model checked. The client is closed when a check
+    fails (else each failure left a connection open until garbage collection)."""
+    client = connect(url, protocol, timeout_s)
+    try:
+        version = server_version(client, url, protocol, timeout_s)
+        config = check_model(client, url, protocol, model, timeout_s)
+    except BaseException:
+        client.close()
+        raise
+    return client, version, config
 
 
 def text_tensor(texts: Sequence[str], batched: bool = True) -> np.ndarray:
@@ -162,14 +207,29 @@ def make_input(protocol: str, name: str, array: np.ndarray, datatype: str):
     return tensor
 
 
-class ClassifierClient:
-    """Classify texts through the ensemble; one connection, reused for every call."""
+class _Connected:
+    """A checked tritonclient client in ``self.client``; closed by ``close`` or ``with``."""
+    client: Any
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ClassifierClient(_Connected):
+    """Classify texts through the ensemble; one connection, checked once, reused for every call."""
 
     def __init__(self, url: str, protocol: str = "http", model: str = CLASSIFIER_MODEL,
-                 timeout_s: float = 60.0):
+                 timeout_s: float = DEFAULT_TIMEOUT_S):
         self.url, self.protocol, self.model = _strip_scheme(url), protocol, model
-        self.client = connect(self.url, protocol, timeout_s)
-        config = check_model(self.client, self.url, protocol, model)
+        self.timeout_s = timeout_s
+        self.client, self.server_version, config = open_checked(self.url, protocol, model,
+                                                                timeout_s)
         self.max_batch = int(config.get("max_batch_size", 0) or 0)  # 0 = no batch dimension
 
     def classify(self, texts: Sequence[str]) -> List[ServedPrediction]:
@@ -184,7 +244,8 @@ class ClassifierClient:
     def _request(self, texts: Sequence[str]) -> List[ServedPrediction]:
         tensor = make_input(self.protocol, "TEXT", text_tensor(texts, self.max_batch > 0), "BYTES")
         try:
-            result = self.client.infer(self.model, [tensor])
+            result = self.client.infer(self.model, [tensor],
+                                       **_deadline(self.protocol, self.timeout_s))
         except _transport_errors() as exc:
             raise ToolkitError(f"triton at {self.url}: {self.model}: {_describe(exc)}") from None
         labels = result.as_numpy("LABEL").reshape(len(texts))  # (n,) bytes
@@ -192,19 +253,11 @@ class ClassifierClient:
         return [ServedPrediction(label.decode("utf-8"), probabilities[i].astype(np.float32))
                 for i, label in enumerate(labels)]
 
-    def close(self) -> None:
-        self.client.close()
-
-    def __enter__(self) -> ClassifierClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def classify(url: str, texts: Sequence[str], protocol: str = "http",
-             model: str = CLASSIFIER_MODEL) -> List[ServedPrediction]:
-    with ClassifierClient(url, protocol, model) as client:
+             model: str = CLASSIFIER_MODEL,
+             timeout_s: float = DEFAULT_TIMEOUT_S) -> List[ServedPrediction]:
+    with ClassifierClient(url, protocol, model, timeout_s) as client:
         return client.classify(texts)
 
 
@@ -233,50 +286,71 @@ def _event(result) -> StreamEvent:
     return StreamEvent(token, piece, stop)
 
 
-def _is_final(result) -> bool:
+def _flagged_final(result) -> bool:
+    """Triton's own end-of-request flag on a response (2.35+)."""
     params = result.get_response().parameters
     return "triton_final_response" in params and params["triton_final_response"].bool_param
 
 
+class StreamClient(_Connected):
+    """Streams of the generator over one gRPC connection, checked once (model, server version).
+
+    A client holds one stream at a time: ``stream`` runs one request to its end; run them one
+    after another, or one StreamClient per thread. On Triton >= 2.35 the request asks for the
+    empty final response and the end is Triton's ``triton_final_response`` flag; an older
+    server refuses that request parameter (a reserved ``triton_`` name), so there the end is the
+    model's own: the response with a non-empty ``STOP_REASON`` (or an error response)."""
+
+    def __init__(self, url: str, model: str = GENERATOR_MODEL,
+                 timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.url, self.model, self.timeout_s = _strip_scheme(url), model, timeout_s
+        self.client, self.server_version, _ = open_checked(self.url, "grpc", model, timeout_s)
+        self.final_flag = self.server_version >= STREAM_FINAL_RESPONSE_FROM
+        self.sent_at: Optional[float] = None  # perf_counter() as the last stream was opened
+
+    def stream(self, inputs: list,
+               parameters: Optional[Dict[str, Any]] = None) -> Iterator[StreamEvent]:
+        """Send ``inputs`` on a new stream; yield each response until the final one. An error
+        response raises ToolkitError; so does no response for ``timeout_s``."""
+        responses: queue.Queue[tuple] = queue.Queue()
+        self.sent_at = time.perf_counter()
+        self.client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        finished = False
+        try:
+            self.client.async_stream_infer(self.model, inputs, parameters=parameters,
+                                           enable_empty_final_response=self.final_flag)
+            while not finished:
+                try:
+                    result, error = responses.get(timeout=self.timeout_s)
+                except queue.Empty:
+                    raise ToolkitError(f"triton at {self.url}: {self.model}: no response for "
+                                       f"{self.timeout_s:g} s (a hung stream)") from None
+                if error is not None:
+                    finished = True  # an error response ends the request on the server too
+                    raise ToolkitError(f"triton at {self.url}: {self.model}: {_describe(error)}")
+                event = _event(result)
+                finished = _flagged_final(result) if self.final_flag else event.final
+                if result.get_response().outputs or not finished:
+                    yield event
+        finally:
+            # Cancel only a stream the caller abandoned: cancelling a finished one leaves (2.51)
+            # the decoupled model unable to unload until the exit timeout.
+            self.client.stop_stream(cancel_requests=not finished)
+
+
 def stream_request(url: str, inputs: list, model: str = GENERATOR_MODEL,
                    parameters: Optional[Dict[str, Any]] = None,
-                   timeout_s: float = 60.0) -> Iterator[StreamEvent]:
-    """Send ``inputs`` on a new gRPC stream; yield each response until the final one.
-
-    A server-side error response raises ToolkitError; so does no response for ``timeout_s``.
-    """
-    url = _strip_scheme(url)
-    client = connect(url, "grpc")
-    check_model(client, url, "grpc", model)
-    responses: queue.Queue[tuple] = queue.Queue()
-    client.start_stream(callback=lambda result, error: responses.put((result, error)))
-    finished = False
-    try:
-        client.async_stream_infer(model, inputs, enable_empty_final_response=True,
-                                  parameters=parameters)
-        while not finished:
-            try:
-                result, error = responses.get(timeout=timeout_s)
-            except queue.Empty:
-                raise ToolkitError(f"triton at {url}: {model}: no response for {timeout_s:g} s "
-                                   f"(a hung stream)") from None
-            if error is not None:
-                finished = True  # an error response ends the request on the server too
-                raise ToolkitError(f"triton at {url}: {model}: {_describe(error)}")
-            finished = _is_final(result)
-            if result.get_response().outputs or not finished:
-                yield _event(result)
-    finally:
-        # Cancel only a stream the caller abandoned: cancelling a finished one leaves (2.51)
-        # the decoupled model unable to unload until the exit timeout.
-        client.stop_stream(cancel_requests=not finished)
-        client.close()
+                   timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[StreamEvent]:
+    """One stream on its own connection (``StreamClient.stream``), closed when it ends."""
+    with StreamClient(url, model, timeout_s) as client:
+        yield from client.stream(inputs, parameters)
 
 
 def generate(url: str, prompt: str, max_new_tokens: Optional[int] = None,
              temperature: Optional[float] = None, top_k: Optional[int] = None,
              top_p: Optional[float] = None, seed: Optional[int] = None,
-             model: str = GENERATOR_MODEL, timeout_s: float = 60.0) -> Iterator[StreamEvent]:
+             model: str = GENERATOR_MODEL,
+             timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[StreamEvent]:
     """Stream a continuation of ``prompt``: one event per token, then the final stop reason."""
     inputs = generation_inputs(prompt, max_new_tokens, temperature, top_k, top_p, seed)
     return stream_request(url, inputs, model, timeout_s=timeout_s)
@@ -296,14 +370,16 @@ def main() -> None:
 @click.option("--wait", "wait_s", type=float, default=0.0, show_default=True,
               help="Seconds to wait for the server and model to be ready first.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per text.")
+@click.option("--timeout", "timeout_s", type=float, default=DEFAULT_TIMEOUT_S, show_default=True,
+              help="Seconds each call may take before it fails.")
 @exit_on_toolkit_error
 def classify_cmd(texts: Sequence[str], url: Optional[str], protocol: str, model: str,
-                 wait_s: float, as_json: bool) -> None:
+                 wait_s: float, as_json: bool, timeout_s: float) -> None:
     """Classify TEXTS through the ensemble: label and probabilities per text."""
     url = url or DEFAULT_URLS[protocol]
     if wait_s > 0:
         wait_until_ready(url, protocol, [model], wait_s)
-    for text, pred in zip(texts, classify(url, list(texts), protocol, model)):
+    for text, pred in zip(texts, classify(url, list(texts), protocol, model, timeout_s)):
         if as_json:
             click.echo(json.dumps({"text": text, "label": pred.label,
                                    "probabilities": [float(p) for p in pred.probabilities]}))
@@ -322,17 +398,20 @@ def classify_cmd(texts: Sequence[str], url: Optional[str], protocol: str, model:
 @click.option("--model", default=GENERATOR_MODEL, show_default=True)
 @click.option("--wait", "wait_s", type=float, default=0.0, show_default=True,
               help="Seconds to wait for the server and model to be ready first.")
+@click.option("--timeout", "timeout_s", type=float, default=DEFAULT_TIMEOUT_S, show_default=True,
+              help="Seconds a call, or the wait for the next token, may take before it fails.")
 @exit_on_toolkit_error
 def generate_cmd(prompt: str, url: str, max_new_tokens: Optional[int],
                  temperature: Optional[float], top_k: Optional[int], top_p: Optional[float],
-                 seed: Optional[int], model: str, wait_s: float) -> None:
+                 seed: Optional[int], model: str, wait_s: float, timeout_s: float) -> None:
     """Stream a story continuing PROMPT over gRPC, token by token."""
     if wait_s > 0:
         wait_until_ready(url, "grpc", [model], wait_s)
     start = time.perf_counter()
     tokens = 0
     reason = "?"
-    events = generate(url, prompt, max_new_tokens, temperature, top_k, top_p, seed, model)
+    events = generate(url, prompt, max_new_tokens, temperature, top_k, top_p, seed, model,
+                      timeout_s)
     for i, event in enumerate(events):
         if i == 0:  # the prompt only once the server took the request (else just the error)
             click.echo(prompt, nl=False)
@@ -353,10 +432,12 @@ def generate_cmd(prompt: str, url: str, max_new_tokens: Optional[int],
 @click.option("--timeout", "timeout_s", type=float, default=30.0, show_default=True)
 @exit_on_toolkit_error
 def ready_cmd(url: Optional[str], protocol: str, models: Sequence[str], timeout_s: float) -> None:
-    """Wait until the server (and the given models) are ready; exit 2 after the timeout."""
+    """Wait until the server (and the given models) are ready; exit 2 after the timeout or on
+    a server older than the supported floor."""
     url = url or DEFAULT_URLS[protocol]
-    wait_until_ready(url, protocol, list(models), timeout_s)
-    click.echo(f"ready: {url} ({protocol})" + (f", models {', '.join(models)}" if models else ""))
+    version = wait_until_ready(url, protocol, list(models), timeout_s)
+    click.echo(f"ready: {url} ({protocol}), triton {format_version(version)}"
+               + (f", models {', '.join(models)}" if models else ""))
 
 
 if __name__ == "__main__":

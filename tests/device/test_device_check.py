@@ -90,7 +90,8 @@ def test_run_here_checks_what_needs_no_hardware(run_here):
         else:
             assert step["status"] == "skipped" and "onnx is not installed" in step["message"]
     ort = [s for s in report["steps"] if s["name"].startswith("onnxruntime-")]
-    assert len(ort) == 3  # every fixture with a committed reference
+    assert len(ort) == 4  # every fixture with a committed reference, the feature one included
+    assert "onnxruntime-tiny_features" in {s["name"] for s in ort}
     for step in ort:
         if _importable("onnxruntime"):
             assert step["status"] == "passed", step

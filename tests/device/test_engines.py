@@ -419,3 +419,22 @@ def test_default_artifact_paths():
     assert str(paths["qdq_onnx"]) == os.path.join("models", "imdb.qdq.onnx")
     assert str(paths["calib"]) == os.path.join("calibration", "imdb.calib.npz")
     assert str(paths["calib_cache"]) == os.path.join("calibration", "imdb.calib.cache")
+
+
+@pytest.mark.parametrize("version, accepted", [
+    ("8.6.3.1", True),    # a later release of the same major: the embedded lean runtime loads it
+    ("8.6.1.6", False),   # an earlier release
+    ("10.3.0.30", False),  # another major: not claimed (run_triton.sh reads it the same way)
+])
+def test_version_compatible_plan_loads_on_a_later_release(tmp_path, version, accepted):
+    plan = _plan_with_manifest(tmp_path, version_compatible=True)
+    loaded = manifest.check_plan_file(plan)
+    if accepted:
+        manifest.check_compatible(loaded, version, "Orin", "8.7")
+    else:
+        with pytest.raises(ToolkitError, match="TensorRT differ"):
+            manifest.check_compatible(loaded, version, "Orin", "8.7")
+    (tmp_path / "plain").mkdir()
+    plain = manifest.check_plan_file(_plan_with_manifest(tmp_path / "plain"))
+    with pytest.raises(ToolkitError, match="TensorRT differ"):  # without the flag: same release
+        manifest.check_compatible(plain, "8.6.3.1", "Orin", "8.7")

@@ -88,7 +88,51 @@ def tiny_config(arch: str, vocab: int = VOCAB, positions: int = 160):
         return T.LlamaConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2,
                              num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
                              max_position_embeddings=positions, **special), "LlamaForCausalLM"
+    built = _rotary_family_config(arch, vocab, positions, special)
+    if built is not None:
+        return built
     raise ValueError(arch)
+
+
+# The families of export/hf_decoder_families.py: 4 query heads over 2 KV heads, every window
+# shorter than the parity and greedy prompts so that it bites.
+ROTARY_ARCHS = ("qwen2", "mistral", "phi3", "gemma", "llama_yarn", "llama_dynamic",
+                "phi3_longrope")
+
+
+def _rotary_family_config(arch: str, vocab: int, positions: int, special):
+    import transformers as T
+
+    common = dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=64,
+                  max_position_embeddings=positions, **special)
+    if arch == "qwen2":  # Qwen2.5-style tied head; layer 1 sliding (layers >= max_window_layers)
+        return T.Qwen2Config(use_sliding_window=True, sliding_window=8, max_window_layers=1,
+                             tie_word_embeddings=True, **common), "Qwen2ForCausalLM"
+    if arch == "mistral":
+        return T.MistralConfig(sliding_window=8, **common), "MistralForCausalLM"
+    if arch == "phi3":  # fused qkv_proj and gate_up_proj; Phi-3-mini has a window (2047) too
+        return T.Phi3Config(sliding_window=12, **common), "Phi3ForCausalLM"
+    if arch == "phi3_longrope":  # Phi-3.5 style: short factors up to 160, long ones beyond
+        common["max_position_embeddings"] = 4 * positions
+        rope = {"rope_type": "longrope", "rope_theta": 10000.0,
+                "original_max_position_embeddings": positions,
+                "short_factor": [1.0, 1.1, 1.3, 1.7], "long_factor": [2.0, 3.0, 5.0, 8.0]}
+        return T.Phi3Config(rope_parameters=rope, original_max_position_embeddings=positions,
+                            **common), "Phi3ForCausalLM"
+    if arch == "gemma":  # head_dim 16 != hidden / heads, as Gemma's 256 is; at 0.2 the tied,
+        # sqrt(hidden)-scaled embedding makes greedy runs repeat 2-5 tokens, at 0.4 they visit 50
+        common["initializer_range"] = 0.4
+        return T.GemmaConfig(head_dim=16, hidden_act="gelu_pytorch_tanh", **common), \
+            "GemmaForCausalLM"
+    if arch == "llama_yarn":
+        rope = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                "original_max_position_embeddings": positions // 4}
+        return T.LlamaConfig(rope_parameters=rope, **common), "LlamaForCausalLM"
+    if arch == "llama_dynamic":
+        rope = {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}
+        return T.LlamaConfig(rope_parameters=rope, **common), "LlamaForCausalLM"
+    return None
 
 
 def make_folder(root: Path, arch: str, seed: int = 0, vocab: int = VOCAB) -> Path:
@@ -107,4 +151,85 @@ def make_folder(root: Path, arch: str, seed: int = 0, vocab: int = VOCAB) -> Pat
         tok.enable_padding(length=16, pad_id=0, pad_token="[PAD]")
         tok.enable_truncation(16)
     tok.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+# --- text handling and heads (issue 23): pair templates, ELECTRA, Llama-style <s> tokenizers ---
+def wordpiece_pair_tokenizer(vocab: int = VOCAB):
+    """``wordpiece_tokenizer`` with BERT's pair template: [CLS] A [SEP] B [SEP], types 0 / 1."""
+    from tokenizers import processors
+
+    tok = wordpiece_tokenizer(vocab)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return tok
+
+
+def make_head_folder(root: Path, name: str, arch: str = "bert", num_labels: int = 3,
+                     problem_type: str | None = None, truncation_side: str | None = None,
+                     seed: int = 0) -> Path:
+    """A sequence classifier (``bert``: type_vocab_size 2, so pairs; ``electra``: embedding 16
+    projected to hidden 32, GeLU head) with ``num_labels`` and ``problem_type``; a
+    tokenizer_config.json with ``truncation_side`` when given."""
+    import json
+
+    import torch
+    import transformers as T
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
+                  problem_type=problem_type, initializer_range=0.2)
+    if arch == "electra":
+        model = T.ElectraForSequenceClassification(T.ElectraConfig(embedding_size=16, **common))
+    else:
+        model = T.BertForSequenceClassification(T.BertConfig(**common))
+    folder = Path(root) / name
+    model.eval().save_pretrained(str(folder))
+    wordpiece_pair_tokenizer().save(str(folder / "tokenizer.json"))
+    if truncation_side is not None:
+        (folder / "tokenizer_config.json").write_text(
+            json.dumps({"truncation_side": truncation_side}), encoding="utf-8")
+    return folder
+
+
+def bos_bpe_tokenizer(vocab: int = VOCAB):
+    """Llama-style: byte-level BPE with <unk>=0, <s>=1, </s>=2, and a post-processor that puts
+    <s> before every text (as Llama's tokenizer.json does)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
+        vocab_size=vocab, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    return tok
+
+
+def make_llama_bos_folder(root: Path, name: str, eos_token_id=2, generation_eos=None,
+                          seed: int = 0) -> Path:
+    """A tiny Llama whose tokenizer adds <s> (bos 1), with config.json's ``eos_token_id`` (an
+    int or a Llama-3-style list) and, when given, generation_config.json's."""
+    import json
+
+    import torch
+    import transformers as T
+
+    torch.manual_seed(seed)
+    cfg = T.LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                        max_position_embeddings=160, bos_token_id=1, eos_token_id=eos_token_id,
+                        pad_token_id=0, initializer_range=0.2)
+    folder = Path(root) / name
+    T.LlamaForCausalLM(cfg).eval().save_pretrained(str(folder))
+    gen = {"bos_token_id": 1, "eos_token_id": eos_token_id, "pad_token_id": 0}
+    if generation_eos is not None:
+        gen["eos_token_id"] = generation_eos
+    (folder / "generation_config.json").write_text(json.dumps(gen), encoding="utf-8")
+    bos_bpe_tokenizer().save(str(folder / "tokenizer.json"))
     return folder

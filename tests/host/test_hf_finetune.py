@@ -79,3 +79,116 @@ def test_folder_without_weights_is_one_line(folder, tmp_path):
     assert result.exit_code == 2
     assert result.output.startswith("error: --init-from") and len(result.output.splitlines()) == 1
     assert "no weights" in result.output
+
+
+# -- issue 23: folders refused first, labels from the data, an existing head continued --------
+LOCAL = ["--val-size", "12", "--max-seq-len", "32", "--batch-size", "16", "--epochs", "1",
+         "--threads", "1", "--warmup-steps", "1"]
+TEXTS = ["this film was wonderful and the acting was great", "a dull and boring movie",
+         "the dog ran to the park", "once upon a time there was a little cat"]
+
+
+def _data(tmp_path, labels, n=48):
+    """tmp_path/data/train.jsonl: n texts, label i % len(labels)."""
+    folder = tmp_path / "data"
+    folder.mkdir(exist_ok=True)
+    lines = [json.dumps({"text": f"{TEXTS[i % len(TEXTS)]} {i}", "label": labels[i % len(labels)]})
+             for i in range(n)]
+    (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def _refused(folder, out, data, *extra, data_read=True):
+    """The one error line of a refused run, which left no --out-dir; data_read=False: refused
+    before the data was looked at."""
+    result = CliRunner().invoke(hf_finetune.main, ["--init-from", str(folder), "--out-dir",
+                                                   str(out), "--data", str(data), *LOCAL, *extra])
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("error: ")]
+    assert result.exit_code == 2 and len(errors) == 1, result.output
+    assert "Traceback" not in result.output and not out.exists(), result.output
+    assert data_read or "using local" not in result.output, result.output
+    return errors[0]
+
+
+def test_bad_folders_are_refused_before_the_data_and_the_out_dir(tmp_path):
+    no_data = tmp_path / "no_such_data"  # reading it first would be another error
+    out = tmp_path / "out"
+    gpt2 = make_folder(tmp_path, "gpt2")
+    line = _refused(gpt2, out, no_data, data_read=False)
+    assert f"--init-from {gpt2}: model_type 'gpt2'" in line and "cannot be fine-tuned" in line
+    assert "no config.json" in _refused(tmp_path / "nothing", out, no_data, data_read=False)
+
+    bert = make_folder(tmp_path, "bert_bare")
+    weights = bert / "model.safetensors"
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[:1000])
+    assert f"weight file {weights} is not a readable safetensors file" in \
+        _refused(bert, out, no_data, data_read=False)
+    weights.write_bytes(intact)
+
+    # The config claims a head the weights lack: found only when transformers loads the
+    # model, after the data: still no --out-dir left behind.
+    config = json.loads((bert / "config.json").read_text())
+    (bert / "config.json").write_text(json.dumps(
+        {**config, "architectures": ["BertForSequenceClassification"]}))
+    assert "the weights lack" in _refused(bert, out, _data(tmp_path, [0, 1]))
+
+
+def test_labels_and_their_names_come_from_the_data(tmp_path, folder):
+    data = _data(tmp_path, ["sports", "business", "world"])
+    out = tmp_path / "out"
+    _run_local(folder, out, data)
+    best = load_checkpoint(out / "best.pt")
+    assert best.config.num_labels == 3 and best.config.head == "mean-pooling+linear"
+    assert best.state["train_config"]["labels"] == ["business", "sports", "world"]  # sorted
+    sidecar = load_onnx_sidecar(export_hf(out / "best.pt", tmp_path / "m.onnx", max_batch=2))
+    assert sidecar["labels"] == ["business", "sports", "world"]
+
+    ints = tmp_path / "ints"
+    ints.mkdir()
+    _run_local(folder, tmp_path / "out_int", _data(ints, [0, 1, 2, 3]))
+    assert load_checkpoint(tmp_path / "out_int" / "best.pt").state["train_config"]["labels"] \
+        == ["label_0", "label_1", "label_2", "label_3"]
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    line = _refused(folder, tmp_path / "out_mixed", _data(mixed, [0, "x"]))
+    assert "train.jsonl:2: label 'x'" in line and "mixes integer and string" in line
+
+
+def _run_local(folder, out, data, *extra):
+    result = CliRunner().invoke(hf_finetune.main, ["--init-from", str(folder), "--out-dir",
+                                                   str(out), "--data", str(data), *LOCAL, *extra])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_an_existing_classification_head_is_kept_and_continued(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    folder = make_folder(tmp_path, "bert")  # BertForSequenceClassification, labels bad/good
+    data = _data(tmp_path, ["good", "bad"])
+    out = tmp_path / "out"
+    assert "head: sequence-classification" in _run_local(folder, out, data)
+    original = AutoModelForSequenceClassification.from_pretrained(str(folder)).state_dict()
+    init = load_checkpoint(out / "init.pt")
+    assert init.config.head == "sequence-classification"
+    assert torch.equal(init.model.encoder.classifier.weight, original["classifier.weight"])
+    best = load_checkpoint(out / "best.pt")
+    assert best.state["train_config"]["labels"] == ["bad", "good"]  # the head's order
+    assert not torch.equal(best.model.encoder.classifier.weight, original["classifier.weight"])
+
+    onnx_path = export_hf(out / "best.pt", tmp_path / "kept.onnx", max_batch=2)
+    sidecar = load_onnx_sidecar(onnx_path, kind="classifier")
+    assert sidecar["model_config"]["head"] == "sequence-classification"
+    assert sidecar["labels"] == ["bad", "good"] and sidecar["max_seq_len"] == 32
+    assert sidecar["parity"]["max_abs_diff"] < 1e-4
+
+    three = tmp_path / "three"
+    three.mkdir()
+    line = _refused(folder, tmp_path / "out3", _data(three, [0, 1, 2]))
+    assert f"--init-from {folder}: its classification head has 2 labels" in line
+    other = tmp_path / "other"
+    other.mkdir()
+    line = _refused(folder, tmp_path / "out4", _data(other, ["pos", "neg"]))
+    assert "are not the names of" in line and "['bad', 'good']" in line

@@ -70,15 +70,18 @@ def test_configs_hold_no_paths_or_times(cpu_repo, jetson_repo):
 def test_jetson_classifier_comes_from_the_engine_profile(jetson_repo):
     config = from_text((jetson_repo / "imdb_classifier" / "config.pbtxt").read_text())
     assert config.platform == "tensorrt_plan" and config.max_batch_size == 8
-    assert list(config.dynamic_batching.preferred_batch_size) == [4]  # the profile's opt batch
+    # no preferred size: the batcher fills up to max_batch_size within the queue delay
+    assert list(config.dynamic_batching.preferred_batch_size) == []
     assert config.dynamic_batching.max_queue_delay_microseconds == 500
     group = config.instance_group[0]
     assert group.count == 1 and list(group.gpus) == [0] and not group.secondary_devices
-    warmup = config.model_warmup[0]
-    assert warmup.batch_size == 4 and list(warmup.inputs["input_ids"].dims) == [64]
+    assert [w.batch_size for w in config.model_warmup] == [4, 4, 4]  # the profile's opt batch
     assert (jetson_repo / "imdb_classifier" / "1" / "model.plan").stat().st_size == 4096
-    mask = (jetson_repo / "imdb_classifier" / "warmup" / "attention_mask_ones").read_bytes()
-    assert mask == b"\x01\x00\x00\x00" * 64  # one row of int32 ones at the opt length
+    for warmup, length in zip(config.model_warmup, (16, 32, 64)):  # the tokenizer's buckets
+        assert list(warmup.inputs["input_ids"].dims) == [length]
+        mask_file = warmup.inputs["attention_mask"].input_data_file
+        mask = (jetson_repo / "imdb_classifier" / "warmup" / mask_file).read_bytes()
+        assert mask == b"\x01\x00\x00\x00" * length  # one row of int32 ones
     for name in ("imdb", "imdb_tokenizer", "imdb_postprocess"):
         assert from_text((jetson_repo / name / "config.pbtxt").read_text()).max_batch_size == 8
 
@@ -121,12 +124,50 @@ def test_engine_io_types_reach_the_configs(tmp_path, classifier_onnx):  # noqa: 
 
 def test_options_reach_the_configs(tmp_path, classifier_onnx, decoder_onnx):  # noqa: F811
     repo = build_repository("cpu", tmp_path / "repo", imdb=classifier_onnx, stories=decoder_onnx,
-                            instances=2, queue_delay_us=0)
+                            classifier_instances=1, generator_instances=3, queue_delay_us=0,
+                            generator_queue=7)
     classifier = from_text((repo / "imdb_classifier" / "config.pbtxt").read_text())
     generator = from_text((repo / "tinystories_generate" / "config.pbtxt").read_text())
-    assert classifier.instance_group[0].count == 2 and generator.instance_group[0].count == 2
+    assert classifier.instance_group[0].count == 1 and generator.instance_group[0].count == 3
     assert classifier.dynamic_batching.max_queue_delay_microseconds == 0
     assert generator.model_transaction_policy.decoupled and generator.max_batch_size == 0
+    assert generator.dynamic_batching.default_queue_policy.max_queue_size == 7
+    assert not generator.dynamic_batching.preferred_batch_size
+    repo = build_repository("cpu", tmp_path / "repo2", imdb=classifier_onnx, stories=decoder_onnx,
+                            classifier_instances=2)
+    classifier = from_text((repo / "imdb_classifier" / "config.pbtxt").read_text())
+    generator = from_text((repo / "tinystories_generate" / "config.pbtxt").read_text())
+    assert classifier.instance_group[0].count == 2 and generator.instance_group[0].count == 1
+    assert generator.dynamic_batching.default_queue_policy.max_queue_size == 4  # the default
+
+
+def test_warm_up_uses_padded_lengths_not_the_profile_opt(tmp_path, classifier_onnx):  # noqa: F811
+    """An engine whose opt length (48) is no bucket: the tokenizer never sends 48, so warming
+    up there leaves the lengths it does send cold."""
+    plan = plan_for(classifier_onnx, tmp_path / "engines", batch=(1, 2, 8), seq=(1, 48, 64))
+    repo = build_repository("jetson", tmp_path / "repo", imdb=plan)
+    config = from_text((repo / "imdb_classifier" / "config.pbtxt").read_text())
+    tokenizer = from_text((repo / "imdb_tokenizer" / "config.pbtxt").read_text())
+    buckets = [int(n) for n in tokenizer.parameters["length_buckets"].string_value.split(",")]
+    assert buckets == [16, 32, 64]
+    lengths = [list(w.inputs["input_ids"].dims) for w in config.model_warmup]
+    assert lengths == [[n] for n in buckets] and [48] not in lengths
+    assert {w.batch_size for w in config.model_warmup} == {2}
+
+
+def test_onnx_generator_on_jetson_says_it_runs_on_the_cpu(tmp_path, decoder_onnx):  # noqa: F811
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(main, [
+        "--target", "jetson", "--output", str(tmp_path / "repo"), "--stories", str(decoder_onnx)])
+    assert result.exit_code == 0, result.output
+    assert "ONNX Runtime on the ARM CPU" in result.stderr
+    plan = plan_for(decoder_onnx, tmp_path / "engines")
+    result = CliRunner().invoke(main, [
+        "--target", "jetson", "--output", str(tmp_path / "repo2"), "--stories", str(plan)])
+    assert result.exit_code == 0 and "ARM CPU" not in result.stderr
+    help_text = CliRunner().invoke(main, ["--help"]).output
+    assert "ARM CPU" in help_text and "--generator-instances" in help_text
 
 
 def test_a_cls_pooling_model_gets_its_cls_id(tmp_path, classifier_onnx):  # noqa: F811
@@ -238,8 +279,12 @@ def test_wrong_kind_or_format_for_the_target_is_refused(tmp_path, classifier_onn
         build_repository("jetson", tmp_path / "r", stories=plan)
     with pytest.raises(ToolkitError, match="nothing to serve"):
         build_repository("cpu", tmp_path / "r")
-    with pytest.raises(ToolkitError, match="--instances 0"):
-        build_repository("cpu", tmp_path / "r", imdb=classifier_onnx, instances=0)
+    with pytest.raises(ToolkitError, match="--classifier-instances 0"):
+        build_repository("cpu", tmp_path / "r", imdb=classifier_onnx, classifier_instances=0)
+    with pytest.raises(ToolkitError, match="--generator-instances 0"):
+        build_repository("cpu", tmp_path / "r", imdb=classifier_onnx, generator_instances=0)
+    with pytest.raises(ToolkitError, match="--generator-queue 0"):
+        build_repository("cpu", tmp_path / "r", imdb=classifier_onnx, generator_queue=0)
 
 
 def test_profiles_triton_cannot_batch_are_refused(tmp_path, classifier_onnx):  # noqa: F811

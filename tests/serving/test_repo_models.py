@@ -270,15 +270,45 @@ def test_stream_stops_at_the_context_and_at_zero_tokens(streaming):
     assert streaming.parse(generate_inputs()).max_new_tokens == 64  # the default
 
 
-def test_a_cancelled_stream_stops_and_the_next_one_is_whole(streaming, runtime_generator):
-    seen = []
+def test_a_cancelled_stream_stops_and_the_next_one_is_whole(streaming, runtime_generator,
+                                                            monkeypatch):
+    monkeypatch.setattr(streaming, "cancel_check_tokens", 4)
+    monkeypatch.setattr(streaming, "cancel_check_s", float("inf"))
+    seen, checks = [], []
+
+    def cancelled():
+        checks.append(len(seen))
+        return len(seen) >= 3
+
     with pytest.raises(StreamCancelled):
         streaming.stream(streaming.parse(generate_inputs(MAX_NEW_TOKENS=30)),
-                         lambda token, piece: seen.append(token), lambda: len(seen) >= 3)
-    assert len(seen) == 3
+                         lambda token, piece: seen.append(token), cancelled)
+    # asked before the prefill, then at the 4th token (before sending it)
+    assert checks == [0, 3] and len(seen) == 3
     tokens, _, _ = stream_all(streaming, generate_inputs("once upon", MAX_NEW_TOKENS=20))
     expected = runtime_generator.generate(["once upon"], 20, Sampler())
     assert tokens == expected.tokens[0]
+    with pytest.raises(StreamCancelled):  # cancelled while queued: no prefill, no token
+        streaming.stream(streaming.parse(generate_inputs()), seen.append, lambda: True)
+    assert len(seen) == 3
+
+
+def test_cancellation_is_asked_every_16_tokens_or_20_ms(streaming):
+    """is_cancelled() is a round trip to the server: not once per token."""
+    assert (streaming.cancel_check_tokens, streaming.cancel_check_s) == (16, 0.020)
+    checks = []
+    tokens, _, reason = stream_all(streaming, generate_inputs(MAX_NEW_TOKENS=40),
+                                   cancelled=lambda: checks.append(1) or False)
+    assert 2 <= len(checks) <= 1 + len(tokens) // 2, (len(checks), len(tokens))
+
+
+def test_a_slow_stream_is_checked_by_time(streaming, monkeypatch):
+    ticks = iter(range(0, 10**6, 10))  # each clock reading: 10 s after the last
+    monkeypatch.setattr(streaming, "clock", lambda: float(next(ticks)))
+    checks = []
+    tokens, _, _ = stream_all(streaming, generate_inputs(MAX_NEW_TOKENS=5),
+                              cancelled=lambda: checks.append(1) or False)
+    assert len(tokens) == 5 and len(checks) == 1 + 5  # each token is 20 ms past the last check
 
 
 @pytest.mark.parametrize("inputs, message", [
@@ -330,6 +360,7 @@ def test_generator_adapter_streams_then_ends_every_request(monkeypatch, repo, ru
     bad = FakeRequest(generate_inputs(MAX_NEW_TOKENS=-3))
     unknown = FakeRequest(generate_inputs(), parameters={"stream": True})
     cancelled = FakeRequest(generate_inputs(MAX_NEW_TOKENS=12), sender=FakeSender(cancel_after=2))
+    adapter.model.cancel_check_tokens = 1  # ask at every token, so it stops after two
     assert adapter.execute([good, bad, unknown, cancelled]) is None
     *tokens, (end, flags) = good.sender.sent
     assert flags == final and all(f == 0 for _, f in tokens)
@@ -373,3 +404,22 @@ def test_batched_adapters_answer_each_request(monkeypatch, repo):
     (response,) = post.execute([FakeRequest({"logits": first.outputs["logits"]})])
     assert response.outputs["LABEL"].shape == (1, 1)
     np.testing.assert_allclose(response.outputs["PROBABILITIES"].sum(), 1.0, rtol=1e-6)
+
+
+def test_a_server_without_is_cancelled_streams_to_the_end(monkeypatch, repo, runtime_generator):
+    """Triton < 2.39: the response sender has no is_cancelled(); the stream runs to its end."""
+    module = model_module("tinystories_generate")
+    adapter = load_adapter(monkeypatch, module,
+                           (repo / "tinystories_generate" / "config.pbtxt").read_text(),
+                           repo / "tinystories_generate" / "1")
+
+    class OldSender(FakeSender):
+        is_cancelled = None  # (as if absent: the adapter looks it up with getattr)
+
+    old = FakeRequest(generate_inputs(MAX_NEW_TOKENS=12), sender=OldSender())
+    adapter.model.cancel_check_tokens = 1
+    assert adapter.execute([old]) is None
+    *tokens, (end, flags) = old.sender.sent
+    expected = runtime_generator.generate(["the cat sat"], 12, Sampler())
+    assert [int(r.outputs["TOKEN_ID"][0]) for r, _ in tokens] == expected.tokens[0]
+    assert flags == FakePbUtils.TRITONSERVER_RESPONSE_COMPLETE_FINAL

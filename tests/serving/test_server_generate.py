@@ -129,3 +129,56 @@ def test_abandoned_stream_is_cancelled_and_the_next_one_is_served(triton_server,
     tokens, _, reason = served(triton_server.grpc_url, "dog ran happy", max_new_tokens=30)
     want_tokens, _, want_reason = reference("dog ran happy", 30)
     assert tokens == want_tokens and reason == want_reason
+
+
+def test_a_burst_beyond_the_queue_is_refused_at_once(triton_server):
+    """One instance, a queue of 4 (the builder's defaults): of 9 streams sent together, those
+    beyond the running one and the queue get UNAVAILABLE "Exceeds maximum queue size" at once
+    instead of waiting; every accepted stream still ends whole."""
+    import queue
+    import time
+
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    from triton_repo.configs import DEFAULT_GENERATOR_QUEUE
+
+    def inputs():
+        prompt = grpcclient.InferInput("PROMPT", [1], "BYTES")
+        prompt.set_data_from_numpy(np.array([b"Once upon a time"], dtype=object))
+        count = grpcclient.InferInput("MAX_NEW_TOKENS", [1], "INT32")
+        count.set_data_from_numpy(np.array([150], np.int32))
+        return [prompt, count]
+
+    events: queue.Queue = queue.Queue()
+    clients = []
+    burst = DEFAULT_GENERATOR_QUEUE + 5
+    for index in range(burst):
+        client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+        client.start_stream(callback=lambda result, error, i=index: events.put(
+            (i, time.monotonic(), result, error)))
+        clients.append(client)
+    sent = time.monotonic()
+    for index, client in enumerate(clients):
+        client.async_stream_infer("tinystories_generate", inputs(), request_id=str(index))
+    tokens = {i: 0 for i in range(burst)}
+    ended, refused = set(), {}
+    while len(ended) + len(refused) < burst:
+        index, at, result, error = events.get(timeout=120)
+        if error is not None:
+            refused[index] = (at - sent, str(error))
+            continue
+        ids = result.as_numpy("TOKEN_ID")
+        if ids.size:
+            tokens[index] += 1
+        elif result.as_numpy("STOP_REASON")[0]:
+            ended.add(index)
+    for client in clients:
+        client.stop_stream()
+        client.close()
+    assert refused, "no stream was refused: the queue is unbounded"
+    assert len(ended) >= 1 + DEFAULT_GENERATOR_QUEUE
+    for seconds, message in refused.values():
+        assert "Exceeds maximum queue size" in message
+        assert seconds < 2.0, f"refused after {seconds:.2f} s"
+    assert all(tokens[i] == 150 for i in ended)

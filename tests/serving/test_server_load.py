@@ -71,3 +71,27 @@ def test_load_cli_fails_on_a_down_server():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("error: triton at 127.0.0.1:") and "not ready" in result.stderr
+
+
+def test_requests_are_timed_without_connecting_or_checking(triton_server, monkeypatch):
+    """Each worker connects and checks its model once, before the clock: a stream's first token
+    is timed from its request, not from a new connection and three model checks."""
+    from client_spies import client_classes
+
+    from benchmarks.triton_load import run_load
+
+    checks = []
+    for cls in client_classes():
+        real = cls.is_model_ready
+        monkeypatch.setattr(cls, "is_model_ready",
+                            lambda self, *a, _real=real, **k: checks.append(1) or
+                            _real(self, *a, **k))
+    report = run_load(triton_server.http_url, triton_server.grpc_url, clients=2, streams=2,
+                      duration_s=1.5, max_new_tokens=4)
+    generate = report["generate"]
+    assert generate["failed"] == report["classify"]["failed"] == 0
+    assert generate["streams"] >= 8  # many streams per worker ...
+    assert len(checks) == 2 + 4  # ... and one check per worker (+ one per wait_until_ready)
+    first = generate["first_token"]
+    assert first["count"] == generate["streams"]
+    assert 0 < first["p50_ms"] < 1000

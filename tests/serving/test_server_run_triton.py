@@ -4,12 +4,20 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from triton_harness import RUN_TRITON, alive, free_ports, server_env, write_echo_repository
+from triton_harness import (
+    RUN_TRITON,
+    alive,
+    free_ports,
+    server_env,
+    write_echo_repository,
+    write_fake_docker,
+)
 
 # 127.0.0.1 as /proc/net/tcp writes it, and as ::ffff:127.0.0.1 (gRPC binds a v4-mapped socket)
 LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F"}
@@ -155,20 +163,20 @@ def test_background_mode_leaves_the_server_running(triton_env, tmp_path, echo_re
 
 
 def test_container_mode_runs_the_igpu_image_on_the_host_network(tmp_path, echo_repository):
-    """TRITON_CONTAINER: the docker command line (a stand-in client records it; no docker here).
-    The real -igpu container is unverified off a Jetson."""
-    record = tmp_path / "docker-args"
-    fake = tmp_path / "fake-docker"
-    fake.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {record}\nexit 3\n")
-    fake.chmod(0o755)
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TRITON_DOCKER": str(fake),
-           "TRITON_CONTAINER": "nvcr.io/nvidia/tritonserver:24.10-py3-igpu",
+    """TRITON_CONTAINER: the docker command line (a stand-in client records it and runs the
+    look inside the image here; no docker here). The real -igpu container is unverified off a
+    Jetson."""
+    fake = write_fake_docker(tmp_path)
+    python_with_models = Path(sys.executable).parent  # numpy, tokenizers, click for the probe
+    env = {"PATH": f"{python_with_models}:/usr/bin:/bin", "HOME": str(tmp_path),
+           "TRITON_DOCKER": str(fake), "TRITON_SERVER_VERSION": "2.44.0",
+           "TRITON_CONTAINER": "nvcr.io/nvidia/tritonserver:24.02-py3-igpu",
            "TRITON_HTTP_PORT": "18555", "TRITON_GRPC_PORT": "18556", "TRITON_METRICS_PORT": "18557"}
     result = run_script(echo_repository, env=env)
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stderr
     assert "tritonserver exited (status 3) before it was ready" in result.stderr
-    args = record.read_text().splitlines()
-    image = args.index("nvcr.io/nvidia/tritonserver:24.10-py3-igpu")
+    args = (tmp_path / "docker-args").read_text().splitlines()
+    image = args.index("nvcr.io/nvidia/tritonserver:24.02-py3-igpu")
     assert args[:image] == ["run", "--rm", "--init", "--runtime", "nvidia", "--network", "host",
                             "--shm-size", "256m", "-v",
                             f"{echo_repository}:{echo_repository}:ro"]

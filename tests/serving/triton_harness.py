@@ -177,6 +177,33 @@ def write_echo_repository(directory: Path, fail: bool = False) -> Path:
 
 
 
+FAKE_DOCKER = """#!/bin/sh
+# A stand-in docker client. `run ... --entrypoint sh IMAGE -c SCRIPT ARG...` (run_triton.sh's look
+# inside the image) runs SCRIPT here, with this process's environment standing in for the
+# image's (TRITON_SERVER_VERSION, python3 on PATH); any other call records its arguments in
+# RECORD and exits 3, as a server that fails to start.
+case " $* " in
+  *" --entrypoint "*)
+    while [ "$1" != "-c" ]; do shift; done
+    shift
+    script="$1"
+    shift
+    exec sh -c "$script" "$@" ;;
+esac
+printf '%s\\n' "$@" > "RECORD"
+exit 3
+"""
+
+
+def write_fake_docker(directory: Path) -> Path:
+    """``directory/fake-docker`` (FAKE_DOCKER); its recorded server command line goes to
+    ``directory/docker-args``."""
+    fake = directory / "fake-docker"
+    fake.write_text(FAKE_DOCKER.replace("RECORD", str(directory / "docker-args")))
+    fake.chmod(0o755)
+    return fake
+
+
 def alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie nobody reaped counts as gone)."""
     try:

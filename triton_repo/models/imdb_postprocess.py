@@ -1,6 +1,10 @@
 """imdb_postprocess (python backend): classifier ``logits`` -> ``LABEL`` and
-``PROBABILITIES``, the softmax of ``runtime.classify.softmax`` (float64, then float32), labels
-in the sidecar's order. Config parameter ``labels``: the JSON list of label names.
+``PROBABILITIES``, by the sidecar's ``head`` as ``runtime.classify.predictions``: single-label
+the softmax (float64, then float32) and the top label; multi-label each label's sigmoid and the
+labels over the threshold joined by "," (all probabilities reported); regression the raw score
+in PROBABILITIES and the label name. Labels in the sidecar's order. Config parameters
+``labels``: the JSON list of label names; ``head`` (optional): the JSON of
+``common.artifacts.head_rules(sidecar)`` (absent: single-label).
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ if os.path.isdir(_TOOLKIT) and _TOOLKIT not in sys.path:  # inside a built repos
     sys.path.insert(0, _TOOLKIT)
 
 from common.errors import ToolkitError  # noqa: E402
-from runtime.classify import softmax  # noqa: E402
+from runtime.classify import MULTI, REGRESSION, sigmoid, softmax  # noqa: E402
 from triton_repo.models.requests import (  # noqa: E402
     check_dtype,
     check_input_names,
@@ -33,9 +37,14 @@ OUTPUTS = ("LABEL", "PROBABILITIES")
 
 
 class Postprocessor:
-    def __init__(self, labels: Sequence[str]):
-        if len(labels) < 2:
-            raise ToolkitError(f"labels {list(labels)}: a classifier needs at least two")
+    def __init__(self, labels: Sequence[str], head: Mapping[str, Any] | None = None):
+        from common.artifacts import head_rules
+
+        self.head = head_rules({"head": dict(head)} if head else {})
+        regression = self.head["problem_type"] == REGRESSION
+        if (len(labels) != 1) if regression else (len(labels) < 2):
+            raise ToolkitError(f"labels {list(labels)}: a {self.head['problem_type']} head needs "
+                               + ("one" if regression else "at least two"))
         self.labels = [str(label) for label in labels]
 
     @classmethod
@@ -43,9 +52,11 @@ class Postprocessor:
         text = required_parameter(params, "labels", "imdb_postprocess")
         try:
             labels = json.loads(text)
+            head = json.loads(params["head"]) if params.get("head") else None
         except json.JSONDecodeError:
-            raise ToolkitError(f"config parameter labels {text!r} is not a JSON list") from None
-        return cls(labels)
+            raise ToolkitError(f"config parameter labels {text!r} or head "
+                               f"{params.get('head')!r} is not JSON") from None
+        return cls(labels, head)
 
     def __call__(self, logits: np.ndarray) -> Dict[str, np.ndarray]:
         """(rows, labels) float32 (or an fp16-I/O engine's float16) logits -> LABEL (rows, 1)
@@ -57,8 +68,17 @@ class Postprocessor:
                                f"[batch, {len(self.labels)}]")
         if not np.isfinite(logits).all():
             raise ToolkitError(f"input {INPUT!r} holds NaN or infinite values")
-        probabilities = softmax(logits)  # (rows, labels) float64
-        labels = [self.labels[i] for i in np.argmax(probabilities, axis=1)]
+        problem = self.head["problem_type"]
+        if problem == REGRESSION:  # the score itself, (rows, 1)
+            return {"LABEL": string_tensor([self.labels[0]] * logits.shape[0]),
+                    "PROBABILITIES": logits.astype(np.float32)}
+        if problem == MULTI:
+            probabilities = sigmoid(logits)  # (rows, labels) float64, each label on its own
+            labels = [",".join(lab for lab, p in zip(self.labels, row)
+                               if p > self.head["threshold"]) for row in probabilities]
+        else:
+            probabilities = softmax(logits)  # (rows, labels) float64
+            labels = [self.labels[i] for i in np.argmax(probabilities, axis=1)]
         return {"LABEL": string_tensor(labels),
                 "PROBABILITIES": probabilities.astype(np.float32)}
 

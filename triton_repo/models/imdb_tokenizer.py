@@ -1,6 +1,8 @@
 """imdb_tokenizer (python backend): review text -> ``input_ids``, ``attention_mask`` for the
 classifier, with exactly the runtime's cleaning and truncation (``common.text`` through
-``runtime.tokenization``, as ``runtime.classify.Classifier.encode``).
+``runtime.tokenization``, as ``runtime.classify.Classifier.encode``), by the model's sidecar
+``text`` rules: IMDB cleaning for our models, the tokenizer's own behaviour for a Hugging Face
+classifier.
 
 Rows are padded on the right to a length bucket, not to their own length: Triton's dynamic
 batcher only puts requests of equal shape into one classifier batch, so with free lengths
@@ -13,7 +15,9 @@ run time hardly changes, so shorter buckets would only split batches. A static-l
 padding: the mask hides it (checked in tests/serving/test_repo_models.py).
 
 Config parameters (written by triton_repo.build): ``tokenizer`` (file in the version folder),
-``max_len``, ``pad_id``, ``cls_id`` ("" unless the model pools on <cls>), ``length_buckets``.
+``max_len``, ``pad_id``, ``cls_id`` ("" unless the model pools on <cls>), ``length_buckets``,
+and optionally ``text``: the JSON of ``common.artifacts.text_rules(sidecar)`` (absent: our IMDB
+models' rules).
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ if os.path.isdir(_TOOLKIT) and _TOOLKIT not in sys.path:  # inside a built repos
     sys.path.insert(0, _TOOLKIT)
 
 from common.errors import ToolkitError  # noqa: E402
-from runtime.tokenization import clean_imdb_text, encode_classifier_texts  # noqa: E402
+from runtime.tokenization import clean_text, encode_for_model  # noqa: E402
 from triton_repo.models.requests import (  # noqa: E402
     check_input_names,
     check_parameters,
@@ -65,11 +69,20 @@ class TextEncoder:
     """Texts -> right-padded (rows, bucket) int32 ``input_ids`` and ``attention_mask``.
 
     tokenizer: a ``tokenizers.Tokenizer``; max_len: the classifier's row length (the model's
-    max_seq_len, cut to the engine profile's); cls_id: prepended for a <cls>-pooling model.
+    max_seq_len, cut to the engine profile's); cls_id: prepended for a <cls>-pooling model;
+    rules: the sidecar's text rules (``common.artifacts.text_rules``; None: our IMDB models').
     """
 
     def __init__(self, tokenizer, max_len: int, pad_id: int, cls_id: int | None,
-                 buckets: Sequence[int], max_batch: int | None = None):
+                 buckets: Sequence[int], max_batch: int | None = None,
+                 rules: Mapping[str, str] | None = None):
+        from common.artifacts import TEXT_CHOICES, text_rules
+
+        self.rules = text_rules({"text": dict(rules)} if rules else {})
+        if set(self.rules) != set(TEXT_CHOICES) or any(
+                self.rules[k] not in choices for k, choices in TEXT_CHOICES.items()):
+            raise ToolkitError(f"text rules {dict(rules or {})}: expected "
+                               + ", ".join(f"{k} in {list(v)}" for k, v in TEXT_CHOICES.items()))
         if not buckets or list(buckets) != sorted(buckets) or buckets[-1] != max_len:
             raise ToolkitError(f"length_buckets {list(buckets)}: expected ascending lengths "
                                f"ending at max_len={max_len}")
@@ -92,18 +105,25 @@ class TextEncoder:
         cls_text = params.get("cls_id", "")
         buckets = [int(b) for b in required_parameter(params, "length_buckets",
                                                       "imdb_tokenizer").split(",")]
+        rules = None
+        if params.get("text"):
+            try:
+                rules = json.loads(params["text"])
+            except json.JSONDecodeError:
+                raise ToolkitError(f"config parameter text {params['text']!r} is not JSON") \
+                    from None
         return cls(Tokenizer.from_file(path),
                    int(required_parameter(params, "max_len", "imdb_tokenizer")),
                    int(required_parameter(params, "pad_id", "imdb_tokenizer")),
-                   int(cls_text) if cls_text else None, buckets, max_batch)
+                   int(cls_text) if cls_text else None, buckets, max_batch, rules)
 
     def encode(self, texts: Sequence[str]) -> List[List[int]]:
         """Token id rows, as ``Classifier.encode``; a text empty once cleaned is refused."""
         for index, text in enumerate(texts):
-            if not clean_imdb_text(text):
+            if not clean_text(text, self.rules["cleaning"]).strip():
                 raise ToolkitError(f"TEXT row {index} ({text[:30]!r}) is empty once cleaned: "
                                    "nothing to classify")
-        return encode_classifier_texts(self.tokenizer, texts, self.max_len, self.cls_id)
+        return encode_for_model(self.tokenizer, texts, self.max_len, self.rules, self.cls_id)[0]
 
     def bucket(self, length: int) -> int:
         for size in self.buckets:

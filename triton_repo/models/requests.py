@@ -112,7 +112,8 @@ def error_message(exc: BaseException) -> str:
 
 def triton_error(pb_utils, exc: BaseException):
     """``pb_utils.TritonError`` for ``exc``: INVALID_ARG for a bad request, INTERNAL for a bug
-    (the code argument exists from Triton 23.x on; older stubs take the message alone)."""
+    (the code argument exists from Triton 2.38, python_backend r23.09; older stubs take the
+    message alone)."""
     codes = getattr(pb_utils.TritonError, "INVALID_ARG", None), \
         getattr(pb_utils.TritonError, "INTERNAL", None)
     code = codes[0] if isinstance(exc, ToolkitError) else codes[1]
