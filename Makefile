@@ -88,7 +88,7 @@ bench: setup
 DEMO_TEXTS = "A wonderful film, the acting was superb and I loved every minute." \
 	"Dull, predictable and far too long. I want my two hours back."
 demo: setup
-	@echo "== demo (DATA=$(DATA)): train, validate, export, calibrate, engine, classify, generate, bench =="
+	@echo "== demo (DATA=$(DATA)): train, validate, export, calibrate, engine, classify, generate, bench, features =="
 	$(PY) -m train.imdb --data $(IMDB_DATA) $(DEMO_IMDB_ARGS) $(TRAIN_ARGS)
 	$(PY) -m train.tinystories --data $(STORIES_DATA) $(DEMO_STORIES_ARGS) $(TRAIN_ARGS)
 	$(MAKE) --no-print-directory validate MODEL=imdb
@@ -104,6 +104,7 @@ demo: setup
 	$(PY) runtime/generate.py --model models/stories.onnx --prompt "$(PROMPT)" --max-new-tokens 80
 	$(MAKE) --no-print-directory bench MODEL=imdb BENCH_ARGS="--batch 1,8 --seq 64,256 --iterations 30"
 	$(MAKE) --no-print-directory bench MODEL=stories BENCH_ARGS="--batch 1 --seq 16 --new-tokens 64 --iterations 3"
+	$(MAKE) --no-print-directory demo-features
 	@echo "== demo figures (sample data: not comparable to real runs) =="
 	@$(PY) -m benchmarks.demo_summary
 

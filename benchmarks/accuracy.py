@@ -59,9 +59,7 @@ def load_eval(onnx_path, data_source: str, split: str | None = None,
     from calibration import gate
     from common.artifacts import load_onnx_sidecar
 
-    sidecar = load_onnx_sidecar(onnx_path)
-    if sidecar["kind"] == "classifier":
-        check_head(sidecar)  # before the split is read and tokenized
+    sidecar = load_onnx_sidecar(onnx_path)  # the gate refuses a regression head before reading
     return gate.load_eval_data(onnx_path, sidecar, data_source, split, max_samples)
 
 
@@ -74,9 +72,10 @@ def evaluate(adapter: GateAdapter, data, sidecar: Dict[str, Any],
              tokenizer_file: str | Path | None = None) -> Dict[str, Any]:
     """Accuracy (classifier) or loss, perplexity and bits/byte (decoder) of one backend."""
     from calibration import gate
+    from common.artifacts import check_class_head
 
     if data.kind == "classifier":
-        check_head(sidecar)
+        check_class_head(sidecar)
         logits = gate.classifier_logits(adapter, data)
         metrics = gate.classification_metrics(logits["logits"], data.labels, data.label_names)
         return {"metric": "accuracy", "accuracy": metrics["accuracy"],
@@ -90,17 +89,6 @@ def evaluate(adapter: GateAdapter, data, sidecar: Dict[str, Any],
         per_byte = tokens_per_byte(data, tokenizer_file)
         out["bits_per_byte"] = result["loss"] / math.log(2) * per_byte
     return out
-
-
-def check_head(sidecar: Dict[str, Any]) -> str:
-    """The classifier head's problem type, if accuracy means something for it."""
-    from common.artifacts import head_rules
-
-    problem = head_rules(sidecar)["problem_type"]
-    if problem == "regression":
-        raise ToolkitError("accuracy of a regression head (num_labels 1: one raw score per text) "
-                           "is not defined on class labels; evaluate it with its own metric")
-    return problem
 
 
 def tokens_per_byte(data, tokenizer_file: str | Path) -> float:

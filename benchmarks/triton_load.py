@@ -180,7 +180,7 @@ class _Tally:
         self.failures: List[str] = []
         self.streams = 0
         self.tokens = 0
-        self.first_token_ms: List[float] = []  # from opening the request's stream
+        self.first_token_ms: List[float] = []  # from sending the request (sent_at)
         self.stream_failures: List[str] = []
 
 
@@ -205,18 +205,29 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _worker(make_client, loop, clock: _Clock, *args) -> None:
-    """Connect (before the clock), wait for all, run ``loop(client, *args, deadline)``, close."""
+    """Connect (before the clock), wait for all, run ``loop(client, *args, deadline)``, close.
+
+    A worker that fails to connect still reaches the barrier (the run then stops at once); one
+    stopped by anything else (KeyboardInterrupt, SystemExit) before it gets there breaks the
+    barrier, so no other worker, nor run_load, waits for it forever."""
+    client = None
+    arrived = False
     try:
-        client = make_client()
-    except Exception as exc:  # reported by run_load as one line; the run stops at once
-        clock.connect_failures.append(_one_line(exc))
+        try:
+            client = make_client()
+        except Exception as exc:  # reported by run_load as one line; the run stops at once
+            clock.connect_failures.append(_one_line(exc))
         clock.barrier.wait()
-        return
-    try:
-        clock.barrier.wait()
-        loop(client, *args, clock.deadline)
+        arrived = True
+        if client is not None:
+            loop(client, *args, clock.deadline)
+    except threading.BrokenBarrierError:
+        pass  # another worker was stopped before the start: run_load reports it
     finally:
-        client.close()
+        if not arrived:
+            clock.barrier.abort()
+        if client is not None:
+            client.close()
 
 
 def _classify_loop(client, texts: Sequence[str], offset: int, tally: _Tally,
@@ -305,7 +316,13 @@ def run_load(http_url: str, grpc_url: str, clients: int = 8, streams: int = 2,
                 for i in range(streams)]
     for thread in threads:
         thread.start()
-    clock.barrier.wait()  # every worker connected (or failed to)
+    try:
+        clock.barrier.wait()  # every worker connected (or failed to)
+    except threading.BrokenBarrierError:
+        for thread in threads:
+            thread.join()
+        raise ToolkitError("a load worker was stopped before the start (interrupted while "
+                           "connecting); no figures") from None
     for thread in threads:
         thread.join()
     if clock.connect_failures:

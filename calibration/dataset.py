@@ -26,7 +26,13 @@ import numpy as np
 
 from calibration.feature_data import is_feature_model
 from calibration.loader import CalibrationSet, position_ids_for, save_calibration_set
-from common.artifacts import axis_range, load_onnx_sidecar, text_rules, tokenizer_path
+from common.artifacts import (
+    axis_range,
+    check_single_text_inputs,
+    load_onnx_sidecar,
+    text_rules,
+    tokenizer_path,
+)
 from common.errors import ToolkitError, exit_on_toolkit_error
 from common.text import encode_classifier_texts, encode_for_model, story_token_ids
 
@@ -151,6 +157,7 @@ def build_calibration_set(
     if is_feature_model(sidecar):
         return build_feature_calibration_set(onnx_path, source, output, batches, batch_size, seed)
     kind = sidecar["kind"]
+    check_single_text_inputs(sidecar, f"calibration of {onnx_path} on the IMDB reviews")
     b_lo, b_hi = axis_range(sidecar, "batch")
     if not b_lo <= batch_size <= b_hi:
         raise ToolkitError(f"--batch-size {batch_size} is outside the profile's batch range "

@@ -34,7 +34,14 @@ import numpy as np
 from calibration import fp16 as fp16_estimate
 from calibration.dataset import encode_reviews, token_stream
 from calibration.feature_data import is_feature_model
-from common.artifacts import axis_range, load_onnx_sidecar, text_rules, tokenizer_path
+from common.artifacts import (
+    axis_range,
+    check_class_head,
+    check_single_text_inputs,
+    load_onnx_sidecar,
+    text_rules,
+    tokenizer_path,
+)
 from common.errors import ToolkitError, exit_on_toolkit_error
 from common.fileio import atomic_write_json, sha256_file
 
@@ -88,6 +95,9 @@ def load_eval_data(onnx_path: str | Path, sidecar: Dict[str, Any], source: str,
             raise ToolkitError(f"--split {split!r}: a feature model is evaluated on the --data "
                                "file itself (give the labelled test .npz)")
         return load_feature_eval_data(sidecar, source, max_samples, batch_size)
+    if kind == "classifier":  # refused before the split is read and tokenized
+        check_class_head(sidecar)
+        check_single_text_inputs(sidecar, f"{onnx_path} on the IMDB reviews")
     split = split or DEFAULT_SPLIT[kind]
     splits = data.imdb_splits(source) if kind == "classifier" else data.tinystories_splits(source)
     if split not in splits:

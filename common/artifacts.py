@@ -43,6 +43,7 @@ TEXT_CHOICES = {"cleaning": ("imdb", "none"), "truncation": ("head_tail", "right
                 "special_tokens": ("cls_prefix", "tokenizer")}
 OWN_TEXT = {"cleaning": "imdb", "truncation": "head_tail", "special_tokens": "cls_prefix"}
 HEAD_PROBLEMS = ("single_label_classification", "multi_label_classification", "regression")
+SINGLE_LABEL, MULTI_LABEL, REGRESSION = HEAD_PROBLEMS
 KIND_AXES = {
     "classifier": ("batch", "seq"),
     "decoder": ("batch", "new", "past", "total"),
@@ -234,13 +235,19 @@ def _validate_text_keys(data: Dict[str, Any], path) -> None:
     head = data.get("head")
     if head is not None and not (
             isinstance(head, dict) and head.get("problem_type") in HEAD_PROBLEMS
-            and isinstance(head.get("threshold", 0.5), (int, float))):
+            and _number(head.get("threshold", 0.5))):
         raise ToolkitError(f"ONNX sidecar {path}: head {head!r}, expected problem_type in "
                            f"{list(HEAD_PROBLEMS)} and a numeric threshold")
 
 
 def _int_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, int) and v >= 0 for v in value)
+    """A list of ids >= 0; a JSON true/false is not an id (bool is an int subclass)."""
+    return isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def text_rules(sidecar: Dict[str, Any]) -> Dict[str, str]:
@@ -272,3 +279,20 @@ def head_rules(sidecar: Dict[str, Any]) -> Dict[str, Any]:
     head = sidecar.get("head") or {}
     return {"problem_type": head.get("problem_type", HEAD_PROBLEMS[0]),
             "threshold": float(head.get("threshold", 0.5))}
+
+
+def check_class_head(sidecar: Dict[str, Any]) -> None:
+    """Refuse a classifier whose outputs are not class scores: accuracy on class labels (the
+    calibration gate, the benchmarks' accuracy) is undefined for a regression head."""
+    if head_rules(sidecar)["problem_type"] == REGRESSION:
+        raise ToolkitError("accuracy of a regression head (num_labels 1: one raw score per text) "
+                           "is not defined on class labels; evaluate it with its own metric")
+
+
+def check_single_text_inputs(sidecar: Dict[str, Any], what: str) -> None:
+    """Refuse a sentence-pair model (a ``token_type_ids`` input) where ``what`` only has single
+    texts, before ONNX Runtime finds the input missing."""
+    if any(t.get("name") == "token_type_ids" for t in sidecar.get("inputs", [])):
+        raise ToolkitError(f"{what}: the model reads sentence pairs (a token_type_ids input) and "
+                           "pair models need pair data; this data has single texts (export the "
+                           "model without --sentence-pairs to use it here)")

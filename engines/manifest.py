@@ -136,7 +136,9 @@ def check_compatible(
     built_cc = str(built_gpu.get("compute_capability", trt_info.UNKNOWN))
     problems = []
     if not (_same_release(built_trt, trt_version) or
-            (manifest.get("version_compatible") and _later_same_major(built_trt, trt_version))):
+            (is_version_compatible(manifest) and
+             (not _known(built_trt, trt_version) or
+              version_compatible_loads(built_trt, trt_version)))):
         problems.append("TensorRT")
     if _known(built_cc, compute_capability) and built_cc != str(compute_capability):
         problems.append("compute capability")
@@ -174,13 +176,29 @@ def _same_release(built: str, here: str) -> bool:
     return a[:n] == b[:n]
 
 
-def _later_same_major(built: str, here: str) -> bool:
-    """A version-compatible plan (TensorRT >= 8.6) loads on a later release; same major only,
-    the conservative reading also used by jetson/run_triton.sh."""
-    if not _known(built, here):
-        return True
+def is_version_compatible(manifest: Dict[str, Any]) -> bool:
+    """The plan was built with --version-compatible (it embeds TensorRT's lean runtime)."""
+    return bool(manifest.get("version_compatible") or
+                (manifest.get("build_options") or {}).get("version_compatible"))
+
+
+# TensorRT's rule for version-compatible plans ("Engine Portability" in the TensorRT 11.4.1
+# support matrix, "Version Compatibility" in the 10.16 developer guide): built with 8.6 or
+# later, the plan runs on a later TensorRT of the same major version, and across major versions
+# only from 8 to 9, 8 to 10 and 10 to 11 ("a TensorRT 8 engine cannot run with TensorRT 11").
+# The one copy of the rule: triton_repo/preflight.py (run_triton.sh) imports it from here.
+VERSION_COMPATIBLE_BUILT_FROM = (8, 6)
+VERSION_COMPATIBLE_ACROSS_MAJORS = ((8, 9), (8, 10), (10, 11))
+
+
+def version_compatible_loads(built: str, here: str) -> bool:
+    """True when a version-compatible plan built with TensorRT ``built`` runs on ``here``."""
     a, b = trt_info.parse_version(built), trt_info.parse_version(here)
-    return a[:1] == b[:1] and b >= a
+    if a[:2] < VERSION_COMPATIBLE_BUILT_FROM:
+        return False  # before 8.6 there is no version-compatible plan
+    if a[0] == b[0]:
+        return b >= a
+    return (a[0], b[0]) in VERSION_COMPATIBLE_ACROSS_MAJORS
 
 
 def _gpu_key(name: str) -> str:

@@ -23,7 +23,7 @@ import hashlib
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Tuple
 
 from common.artifacts import (
     SIDECAR_FORMAT,
@@ -84,10 +84,9 @@ def io_spec(cfg) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
 
 def export_feature_checkpoint(ckpt, output: Path, *, max_batch: int, simplify: bool,
                               check_parity: bool, opset: int, trt_target: str,
-                              started: float | None = None,
-                              parity_windows: Sequence | None = None) -> Path:
+                              started: float | None = None) -> Path:
     """Trace, check, compare with PyTorch and write ``output`` and its sidecar (nothing is
-    written when a check fails). parity_windows: optional real (batch, seq, F) raw features."""
+    written when a check fails)."""
     from export.onnx_model import tensorrt_fields, trace_checked
     from export.wrappers import FeatureClassifierForExport
 
@@ -108,7 +107,7 @@ def export_feature_checkpoint(ckpt, output: Path, *, max_batch: int, simplify: b
 
             batches = sorted({min(b, max_batch) for b in DEFAULT_BATCHES})
             parity = check_feature_parity(ckpt.model, final, mean, std, batches=batches,
-                                          windows=parity_windows)
+                                          where=f"{output} (not written)")
             parity["seconds"] = time.perf_counter() - started - export_seconds
         graph_fields = tensorrt_fields(final, trt_target)
         graph_fields["keep_fp32"] = _keep_normalization_fp32(final, graph_fields["keep_fp32"])

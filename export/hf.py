@@ -12,7 +12,8 @@ Gemma become decoders with the position-major per-layer KV cache. The graph is o
 the model's modules (``export/hf_encoders.py``, ``export/hf_decoders.py``), traced, simplified and
 checked as ``export/onnx_model.py`` does; parity is against transformers' forward and greedy
 ``generate`` (``export/hf_parity.py``). Written atomically: NAME.onnx, NAME.onnx.json (sidecar,
-with the HF config under ``model_config``) and NAME.tokenizer.json (the folder's tokenizer.json).
+with the HF config under ``model_config``) and NAME.tokenizer.json (the tokenizer that
+``AutoTokenizer.from_pretrained(DIR)`` builds from the folder, so ids are transformers' own).
 ``--trt-target 8.5`` decomposes the LayerNorms (BERT family, GPT-2, GPT-Neo) for TensorRT 8.5 as
 ``export.onnx_model`` does; Llama's RMSNorm is elementwise ops at every target.
 """
@@ -83,6 +84,7 @@ def export_hf(model_dir: str | Path, output: str | Path, *, task: str | None = N
         raise ToolkitError(f"--max-batch {max_batch}: expected a positive integer")
     check_target(trt_target)
     loaded = load_hf(model_dir, task=task, num_labels=num_labels, head_seed=head_seed)
+    text_fields(loaded)  # an unsupported head or text rule: refused before minutes of export
     if sentence_pairs and loaded.kind != "classifier":
         raise ToolkitError(f"--sentence-pairs: {model_dir} is a {loaded.kind}; pairs are for "
                            f"classifiers")
@@ -99,7 +101,7 @@ def export_hf(model_dir: str | Path, output: str | Path, *, task: str | None = N
             parity["seconds"] = time.perf_counter() - started - export_seconds
         graph_fields = tensorrt_fields(path, trt_target)
         onnx_bytes = path.read_bytes()
-        # The folder's tokenizer.json with padding and truncation switched off (hf_load).
+        # AutoTokenizer's tokenizer, padding and truncation switched off (hf_load).
         tokenizer_copy = Path(tmp) / "tokenizer.json"
         tokenizer_copy.write_text(loaded.tokenizer.to_str(pretty=False), encoding="utf-8")
         sidecar = build_sidecar(loaded, spec, output, onnx_bytes, topk, opset, max_batch)
@@ -209,32 +211,32 @@ def eos_ids(loaded) -> List[int]:
 
 def text_fields(loaded) -> Dict[str, Any]:
     """The sidecar's text keys (common.artifacts) of an HF model: a classifier reads text as its
-    tokenizer does (a train.hf_finetune checkpoint: as it was trained, IMDB-cleaned, head +
-    tail); a decoder's prompt is ``tokenizer(prompt)`` and every eos id stops it."""
-    import json
-
+    tokenizer does (a train.hf_finetune checkpoint: as it was trained, with the cleaning it
+    recorded, head + tail); a decoder's prompt is ``tokenizer(prompt)`` (the tokenizer of
+    ``AutoTokenizer``, hf_load) and every eos id stops it."""
     if loaded.kind == "decoder":
         return {"prompt": {"prefix_ids": [], "add_special_tokens": True},
                 "eos_ids": eos_ids(loaded)}
-    if Path(loaded.source).suffix == ".pt":
-        text = {"cleaning": "imdb", "truncation": "head_tail", "special_tokens": "tokenizer"}
-    else:
-        side, config = "right", Path(loaded.source) / "tokenizer_config.json"
-        if config.is_file():
-            try:
-                side = json.loads(config.read_text(encoding="utf-8")).get(
-                    "truncation_side", "right")
-            except (ValueError, UnicodeDecodeError, AttributeError) as exc:
-                raise ToolkitError(f"{config} is not a JSON object ({exc})") from None
-        if side not in ("right", "left"):
-            raise ToolkitError(f"{config}: truncation_side {side!r}, expected right or left")
-        text = {"cleaning": "none", "truncation": side, "special_tokens": "tokenizer"}
+    if loaded.text_cleaning is not None:  # a train.hf_finetune checkpoint
+        if loaded.text_cleaning not in ("imdb", "none"):
+            raise ToolkitError(f"{loaded.source}: text_cleaning {loaded.text_cleaning!r}, "
+                               "expected imdb or none")
+        text = {"cleaning": loaded.text_cleaning, "truncation": "head_tail",
+                "special_tokens": "tokenizer"}
+    else:  # transformers' truncation_side (hf_load.folder_tokenizer)
+        text = {"cleaning": "none", "truncation": loaded.truncation_side,
+                "special_tokens": "tokenizer"}
     from export.hf_load import SEQUENCE_CLASSIFICATION
 
     problem = "single_label_classification"
     if loaded.head == SEQUENCE_CLASSIFICATION:
         problem = getattr(loaded.hf_config, "problem_type", None) or (
             "regression" if len(loaded.labels) == 1 else problem)
+    if problem == "regression" and len(loaded.labels) != 1:
+        # the runtime and the Triton postprocess read one score per text
+        raise ToolkitError(f"{loaded.source}: a regression head with num_labels "
+                           f"{len(loaded.labels)} is not supported (one score per text: "
+                           "num_labels 1)")
     return {"text": text, "head": {"problem_type": problem, "threshold": 0.5}}
 
 

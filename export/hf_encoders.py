@@ -197,7 +197,6 @@ def _bert_like(base, model_type: str, pooled_head, sentence_pairs: bool) -> Enco
             f"{', mean-pooled head' if isinstance(pooled_head, MeanPooled) else ''}); "
             f"export it without --sentence-pairs")
     return PairEncoderForExport(emb.token_type_embeddings, *args)
-    return EncoderForExport(*args)
 
 
 def _distilbert(base, model_type: str, pooled_head, sentence_pairs: bool) -> EncoderForExport:

@@ -43,6 +43,11 @@ class HFModel:
     labels: List[str] = field(default_factory=list)
     head_note: str = ""
     weight_files: List[Path] = field(default_factory=list)
+    # A folder's texts as AutoTokenizer reads them: its truncation side (tokenizer_config.json,
+    # else tokenizer.json's truncation.direction, else right). A train.hf_finetune checkpoint:
+    # the cleaning it was trained with (its train_config "text_cleaning").
+    truncation_side: str = "right"
+    text_cleaning: Optional[str] = None
 
     def sha256(self) -> str:
         """The weight file's hash, or a hash of the shards' hashes."""
@@ -75,14 +80,15 @@ def load_hf(path: str | Path, task: Optional[str] = None, num_labels: int = 2,
     if not tokenizer_path.is_file():
         raise ToolkitError(f"{path}: no {TOKENIZER_FILE} (the fast tokenizer file; save it with "
                            "tokenizer.save_pretrained)")
-    tokenizer = _read_tokenizer(tokenizer_path)
+    _read_tokenizer(tokenizer_path)  # one line for an unreadable file, before transformers
+    tokenizer, truncation_side = folder_tokenizer(path)
     model, head, note = _build(path, raw, kind, num_labels, head_seed)
     config = model.encoder.config if hasattr(model, "encoder") else model.config
     check_vocabulary(tokenizer, tokenizer_path, model)
     return HFModel(source=path, model_type=model_type, kind=kind, model=model, hf_config=config,
                    tokenizer=tokenizer, tokenizer_path=tokenizer_path, head=head,
                    labels=labels_of(config, head, num_labels), head_note=note,
-                   weight_files=weights)
+                   weight_files=weights, truncation_side=truncation_side)
 
 
 def read_config(folder: Path) -> Dict[str, Any]:
@@ -135,6 +141,34 @@ def _read_tokenizer(path: Path):
     tokenizer.no_padding()
     tokenizer.no_truncation()
     return tokenizer
+
+
+def folder_tokenizer(folder: Path):
+    """(tokenizers.Tokenizer, truncation side) of ``AutoTokenizer.from_pretrained(folder)``:
+    the ids the runtime must give are transformers' own, and transformers may change
+    tokenizer.json on loading (tokenizer_config.json's added special tokens; its add_bos_token /
+    add_eos_token where a version rewrites the post-processor, ``update_post_processor``).
+    Padding and truncation are switched off on the copy as ``_read_tokenizer`` does; the side
+    is transformers' ``truncation_side`` (tokenizer_config.json first, then tokenizer.json's
+    ``truncation.direction``: ``TokenizersBackend.__init__``'s setdefault)."""
+    import transformers
+    from tokenizers import Tokenizer
+
+    try:
+        auto = transformers.AutoTokenizer.from_pretrained(
+            str(folder), local_files_only=True, trust_remote_code=False)
+        backend = auto.backend_tokenizer
+    except Exception as exc:  # transformers and the Rust bindings raise many kinds
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ToolkitError(f"{folder}: transformers' AutoTokenizer cannot load its tokenizer "
+                           f"offline ({type(exc).__name__}: {first})") from None
+    tokenizer = Tokenizer.from_str(backend.to_str())  # a copy: the switches below are ours
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    side = auto.truncation_side
+    if side not in ("right", "left"):
+        raise ToolkitError(f"{folder}: truncation_side {side!r}, expected right or left")
+    return tokenizer, side
 
 
 def check_vocabulary(tokenizer, tokenizer_path: Path, model) -> None:
@@ -219,7 +253,8 @@ def _load_finetuned(path: Path, task: Optional[str]) -> HFModel:
                            "export.onnx_model --checkpoint")
     if task not in (None, "classifier"):
         raise ToolkitError(f"{path}: a fine-tuned encoder is a classifier, not a {task}")
-    labels = (ckpt.state.get("train_config") or {}).get("labels")
+    train_config = ckpt.state.get("train_config") or {}
+    labels = train_config.get("labels")
     if not (isinstance(labels, list) and len(labels) == ckpt.config.num_labels):
         labels = labels_of(None, MEAN_LINEAR_HEAD, ckpt.config.num_labels)
     tokenizer_path = ckpt.tokenizer_path
@@ -235,4 +270,6 @@ def _load_finetuned(path: Path, task: Optional[str]) -> HFModel:
     return HFModel(source=path, model_type=ckpt.config.model_type, kind="classifier",
                    model=model, hf_config=ckpt.model.encoder.config, tokenizer=tokenizer,
                    tokenizer_path=tokenizer_path, head=head, labels=labels,
-                   head_note=note, weight_files=[path])
+                   head_note=note, weight_files=[path],
+                   # checkpoints written before the option were all IMDB-cleaned
+                   text_cleaning=train_config.get("text_cleaning", "imdb"))

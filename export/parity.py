@@ -76,14 +76,14 @@ def check_feature_parity(
     *,
     batches: Sequence[int] = DEFAULT_BATCHES,
     seqs: Sequence[int] | None = None,
-    windows: Sequence[np.ndarray] | None = None,
     tolerance: float = CLASSIFIER_TOLERANCE,
     seed: int = 0,
+    where: str | os.PathLike | None = None,
 ) -> Dict[str, Any]:
     """A feature classifier: the graph on raw features against PyTorch on the features
-    normalized with (mean, std) as training did. Random raw features drawn around the
-    training statistics per (batch, seq) case, and ``windows`` (real (batch, seq, F) raw
-    features, right-padded with a zero row) when given."""
+    normalized with (mean, std) as training did, random raw features drawn around the
+    training statistics per (batch, seq) case. where: the name in errors (the exporter passes
+    "<output> (not written)"; ``onnx_path`` is a temporary there)."""
     cfg = model.cfg
     session = ort_session(onnx_path)
     rng = np.random.default_rng(seed)
@@ -96,11 +96,8 @@ def check_feature_parity(
                    ).astype(np.float32)  # (batch, seq, F)
             cases.append(_feature_case(model, session, raw, _right_padded_mask(batch, seq),
                                        mean_a, std_a, "random"))
-    for window in windows or ():
-        raw = np.asarray(window, np.float32)  # (batch, seq, F)
-        mask = np.ones(raw.shape[:2], np.int32)  # (batch, seq)
-        cases.append(_feature_case(model, session, raw, mask, mean_a, std_a, "data"))
-    return _summarise(cases, tolerance, onnx_path, "feature classifier logits")
+    return _summarise(cases, tolerance, where or onnx_path, "feature classifier logits",
+                      model=model)
 
 
 def _feature_case(model, session, raw, mask, mean, std, source) -> Dict[str, Any]:
@@ -108,7 +105,7 @@ def _feature_case(model, session, raw, mask, mean, std, source) -> Dict[str, Any
     expected = _torch_numpy(model, normed, torch.from_numpy(mask))
     (got,) = session.run(["logits"], {"features": raw, "attention_mask": mask})
     return {"source": source, "batch": int(raw.shape[0]), "seq": int(raw.shape[1]),
-            "max_abs_diff": float(np.max(np.abs(got - expected)))}
+            "max_abs_diff": max_abs_diff(got, expected)}
 
 
 def _classifier_case(model, session, ids, mask, source) -> Dict[str, Any]:

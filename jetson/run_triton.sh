@@ -29,8 +29,10 @@ it a cancelled stream runs to its end).
                            JetPack 6 ships driver R540; the 24.08+ images are built for R560
                            and refuse it (server#8536, #7798).
   x86 / SBSA               23.05-py3 (2.34) and later images, or tritonserver on PATH.
-The version is read from the server's --help (no --metrics-address: older than 2.34) or the
-image's TRITON_SERVER_VERSION before the start, and from /v2 once it is ready.
+The version is read before the start from the image's TRITON_SERVER_VERSION, or a tree's
+$TRITON_HOME/TRITON_VERSION file when it has one (else only --help: no --metrics-address is
+older than 2.34), and from /v2 once it is ready (directly: never through http_proxy). A
+served version-compatible plan needs 2.38, checked before the start where the version is known.
 
 Where tritonserver comes from (the first that is set wins):
   TRITON_HOME          a release tarball unpacked (e.g. /opt/tritonserver on a Jetson): runs
@@ -52,11 +54,15 @@ Where tritonserver comes from (the first that is set wins):
 Python models need: numpy, tokenizers, click (every python model); onnxruntime (one serving
 an .onnx: the cpu classifier, and the generator built from --stories X.onnx, which on a
 Jetson runs on the ARM CPU); tensorrt + pycuda (the generator built from a decoder .plan, on
-the GPU). They are checked before the server starts; a missing one is refused with one line.
+the GPU). They are checked before the server starts; a missing one is refused with one line
+saying how to get it (numpy, tokenizers, click: jetson/setup.sh; onnxruntime: pip or NVIDIA's
+Jetson wheel; pycuda: pip, against the CUDA toolkit; tensorrt: JetPack's or the image's own
+bindings, never pip on a Jetson).
 The python backend's stub runs the first `python3` on PATH, so:
   TRITON_PYTHON_ENV    a venv whose bin/ goes first on PATH (the stub ignores PYTHONPATH), and
-                       its base interpreter's lib directory on LD_LIBRARY_PATH so the stub loads
-                       the matching libpython. Default: the venv jetson/setup.sh makes
+                       its base interpreter's lib directory appended to LD_LIBRARY_PATH so the
+                       stub loads the matching libpython (only when libpython is there and it
+                       is no default linker directory such as /usr/lib/<multiarch>). Default: the venv jetson/setup.sh makes
                        ($VENV, default .venv-jetson beside jetson/, the same variable
                        setup.sh reads) when it exists, else the python3 on PATH.
                        Its Python must be the one the tarball's stub was built for (JetPack's
@@ -70,9 +76,12 @@ TensorRT backend links (tarball: ldd of backends/tensorrt; image: the same insid
 the python models' tensorrt module for a generator plan. A mismatch is refused naming both:
 rebuild the engine with the server's TensorRT, or build it with `python -m engines.build
 --version-compatible` (TensorRT 8.6+) to serve it with a later TensorRT of the same major
-version (such plans get --backend-config=tensorrt,version-compatible=true, Triton 2.38+).
+version (8 -> 9, 8 -> 10 and 10 -> 11 across majors, TensorRT's rule). Any served
+version-compatible plan gets --backend-config=tensorrt,version-compatible=true (Triton 2.38+),
+its own release too: only that switch lets the backend load the lean runtime it embeds.
   TRITON_TENSORRT_VERSION  the TensorRT version of the server's TensorRT backend, when ldd
-                       cannot tell (skips the look-up).
+                       cannot tell (skips the look-up); needed when it finds only a major
+                       version (a libnvinfer.so.10 that is no link to the full name).
 
 Network (nothing listens beyond loopback unless you say so):
   TRITON_BIND          address for HTTP, gRPC and metrics (default 127.0.0.1; 0.0.0.0 to
@@ -204,7 +213,16 @@ if [ "$CONTAINER_MODE" = 0 ]; then
   [ -d "$BACKENDS" ] || die 2 "backend directory $BACKENDS: not found (set TRITON_BACKEND_DIR)"
   BACKENDS="$(cd "$BACKENDS" && pwd)"
   for used in $USED_BACKENDS; do
-    case "$used" in ensemble) continue ;; tensorrt_plan) used=tensorrt ;; esac
+    # a config's platform names the backend folder Triton loads it from (core's
+    # GetBackendLibraryProperties): tensorrt_plan, onnxruntime_onnx, pytorch_libtorch and
+    # tensorflow_graphdef/_savedmodel; ensemble is built in
+    case "$used" in
+      ensemble) continue ;;
+      tensorrt_plan) used=tensorrt ;;
+      onnxruntime_onnx) used=onnxruntime ;;
+      pytorch_libtorch) used=pytorch ;;
+      tensorflow_graphdef|tensorflow_savedmodel) used=tensorflow ;;
+    esac
     [ -d "$BACKENDS/$used" ] || die 2 "the repository uses backend '$used' but $BACKENDS/$used is missing"
   done
   # Older than 2.34 has no --metrics-address (the script's floor): refuse before the start.
@@ -226,6 +244,18 @@ if find "$REPO" -mindepth 3 -maxdepth 3 \( -name '*.plan' -o -name '*.engine' \)
 fi
 BACKEND_TRT="${TRITON_TENSORRT_VERSION:-}"
 PYTHON_TRT=""
+# A served version-compatible plan needs Triton 2.38+: known before the start, checked with the
+# version read then (an older server would only fail to load the plan).
+COMPAT=()
+[ "$HAS_PLAN" = 0 ] || [ -z "$(preflight compatible "$REPO")" ] || COMPAT=(--version-compatible)
+# check_version VERSION: refuse one below the floor (or below 2.38 for COMPAT); its notes are
+# said once the server is up
+check_version() { preflight version "$1" "${COMPAT[@]+"${COMPAT[@]}"}" >/dev/null; }
+if [ "$CONTAINER_MODE" = 0 ] && [ -n "${TRITON_HOME:-}" ] && [ -s "$TRITON_HOME/TRITON_VERSION" ]; then
+  check_version "$(head -n 1 "$TRITON_HOME/TRITON_VERSION")"  # (when the tree carries one)
+elif [ "$CONTAINER_MODE" = 0 ] && [ "${#COMPAT[@]}" != 0 ]; then
+  say "note: version-compatible plans need Triton 2.38 (23.09) or later; $SOURCE does not say its version before the start"
+fi
 if [ "$CONTAINER_MODE" = 1 ]; then
   # One throw-away run of the image: its Triton version, the libnvinfer its TensorRT backend
   # links and the modules its python3 lacks.
@@ -242,14 +272,14 @@ case " $* " in *" tensorrt "*) python3 -c "import tensorrt; print(\"pytrt=\" + t
   PROBED="$("$DOCKER" run --rm --runtime nvidia --entrypoint sh "$TRITON_CONTAINER" -c "$PROBE" probe "$BACKENDS" $NEEDED)" \
     || die 2 "could not run $TRITON_CONTAINER to look inside it ($DOCKER run failed; is the image pulled and the nvidia runtime installed?)"
   IMAGE_TRITON="$(printf '%s\n' "$PROBED" | sed -n 's/^triton=//p')"
-  [ -z "$IMAGE_TRITON" ] || preflight version "$IMAGE_TRITON" >/dev/null
+  [ -z "$IMAGE_TRITON" ] || check_version "$IMAGE_TRITON"
   lib="$(printf '%s\n' "$PROBED" | sed -n 's/^tensorrt=//p')"
   [ -n "$BACKEND_TRT" ] || BACKEND_TRT="${lib##*libnvinfer.so.}"
   [ "$BACKEND_TRT" != "$lib" ] || BACKEND_TRT=""
   MISSING="$(printf '%s\n' "$PROBED" | sed -n 's/^missing=//p')"
   PYTHON_TRT="$(printf '%s\n' "$PROBED" | sed -n 's/^pytrt=//p')"
   STUB_PY="the python3 of $TRITON_CONTAINER"
-  FIX="build an image FROM $TRITON_CONTAINER with pip install $NEEDED"
+  HINT_ARGS=(--container "$TRITON_CONTAINER")
 else
   ENV_DIR="${TRITON_PYTHON_ENV:-}"
   SETUP_VENV="${VENV:-.venv-jetson}"  # where jetson/setup.sh puts its venv (the same variable)
@@ -261,8 +291,21 @@ else
   if [ -n "$ENV_DIR" ]; then
     [ -x "$ENV_DIR/bin/python3" ] || die 2 "TRITON_PYTHON_ENV=$ENV_DIR: no bin/python3 (expected a venv)"
     export PATH="$ENV_DIR/bin:$PATH"
-    PY_LIBDIR="$("$ENV_DIR/bin/python3" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") or "")')"
-    [ -z "$PY_LIBDIR" ] || export LD_LIBRARY_PATH="$PY_LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    # The base interpreter's libpython, for the stub (a pyenv or uv Python keeps it outside
+    # the linker's search path). Not a default directory (JetPack's /usr/lib/<multiarch>):
+    # there it is found anyway, and first on the path it would shadow the tarball's own libs.
+    # Appended, so $TRITON_HOME/lib stays first.
+    PY_LIBDIR="$("$ENV_DIR/bin/python3" - <<'PY'
+import os, sysconfig
+libdir, lib = sysconfig.get_config_var("LIBDIR") or "", sysconfig.get_config_var("LDLIBRARY") or ""
+arch = sysconfig.get_config_var("MULTIARCH") or ""
+default = {"/lib", "/usr/lib", "/lib64", "/usr/lib64", "/lib/" + arch, "/usr/lib/" + arch}
+if libdir and lib and os.path.exists(os.path.join(libdir, lib)) and \
+        os.path.realpath(libdir) not in {os.path.realpath(d) for d in default}:
+    print(libdir)
+PY
+)"
+    [ -z "$PY_LIBDIR" ] || export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$PY_LIBDIR"
   fi
   MISSING=""
   STUB_PY=""
@@ -275,7 +318,7 @@ else
       *" tensorrt "*) PYTHON_TRT="$("$STUB_PY" -c 'import tensorrt; print(tensorrt.__version__)' 2>/dev/null || true)" ;;
     esac
   fi
-  FIX="run jetson/setup.sh (its venv .venv-jetson is found by default) or set TRITON_PYTHON_ENV to a venv with requirements/device.txt"
+  HINT_ARGS=()
   if [ "$HAS_PLAN" = 1 ] && [ -z "$BACKEND_TRT" ] && [ -e "$BACKENDS/tensorrt/libtriton_tensorrt.so" ]; then
     lib="$(ldd "$BACKENDS/tensorrt/libtriton_tensorrt.so" 2>/dev/null \
            | sed -n 's/^[[:space:]]*libnvinfer\.so[^ ]* => \(\/[^ ]*\).*/\1/p' | head -n 1)"
@@ -287,9 +330,8 @@ else
   fi
 fi
 if [ -n "$MISSING" ]; then
-  set -- $MISSING
-  also=""; [ $# -lt 2 ] || also=" (also missing: ${*:2})"
-  die 2 "the python models need module '$1'$also, which $STUB_PY cannot import: $FIX"
+  # shellcheck disable=SC2086  # MISSING is a list of module names
+  die 2 "$(preflight hint --python "$STUB_PY" "${HINT_ARGS[@]+"${HINT_ARGS[@]}"}" $MISSING)"
 fi
 BACKEND_CONFIG=()
 if [ "$HAS_PLAN" = 1 ]; then
@@ -316,13 +358,14 @@ case "$BIND" in 0.0.0.0|::|"[::]") PROBE_HOST=127.0.0.1 ;; *) PROBE_HOST="$BIND"
 case "$PROBE_HOST" in *:*) PROBE_HOST="[$PROBE_HOST]" ;; esac
 READY_URL="http://$PROBE_HOST:$HTTP_PORT/v2/health/ready"
 
-probe() {  # 0 when the server answers ready
+probe() {  # 0 when the server answers ready (asked directly: never through http_proxy)
   if command -v curl >/dev/null 2>&1; then
-    curl -sf -o /dev/null --max-time 2 "$READY_URL"
+    curl -sf -o /dev/null --noproxy '*' --max-time 2 "$READY_URL"
   else
     "$HOST_PY" - "$READY_URL" <<'PY' 2>/dev/null
 import sys, urllib.request
-sys.exit(0 if urllib.request.urlopen(sys.argv[1], timeout=2).status == 200 else 1)
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+sys.exit(0 if opener.open(sys.argv[1], timeout=2).status == 200 else 1)
 PY
   fi
 }
@@ -362,16 +405,29 @@ until probe; do
 done
 
 # The server's own version (/v2 metadata): below the floor it is stopped, whatever it served.
-SERVER_VERSION="$("$HOST_PY" - "http://$PROBE_HOST:$HTTP_PORT/v2" <<'PY' 2>/dev/null || true
+# Read straight from the server: no http_proxy (urllib would send 127.0.0.1 through it).
+V2_URL="http://$PROBE_HOST:$HTTP_PORT/v2"
+if ! SERVER_VERSION="$("$HOST_PY" - "$V2_URL" <<'PY' 2>&1
 import json, sys, urllib.request
-print(json.load(urllib.request.urlopen(sys.argv[1], timeout=5)).get("version", ""))
+try:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    version = json.load(opener.open(sys.argv[1], timeout=5)).get("version", "")
+    if not isinstance(version, str) or not version:
+        raise ValueError("no version in the answer")
+except Exception as exc:  # one line for the script, whatever went wrong
+    print(f"{type(exc).__name__}: {exc}".replace("\n", " "))
+    sys.exit(1)
+print(version)
 PY
-)"
-compat=""; [ "${#BACKEND_CONFIG[@]}" = 0 ] || compat="--version-compatible"
-if ! out="$("$HOST_PY" "$PREFLIGHT" version "${SERVER_VERSION:-unknown}" $compat 2>&1)"; then
+)"; then
+  stop_server
+  die 1 "could not read the version from $V2_URL: $SERVER_VERSION; stopped it"
+fi
+if ! out="$("$HOST_PY" "$PREFLIGHT" version "$SERVER_VERSION" 2>&1)"; then
   stop_server
   die 2 "${out#error: } (read from /v2; stopped it)"
 fi
+printf '%s\n' "$out" | sed -n '2,$p' | while IFS= read -r line; do say "$line"; done
 
 case "$BIND" in *:*) HOST="[$BIND]" ;; *) HOST="$BIND" ;; esac
 cat <<EOF

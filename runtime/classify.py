@@ -43,6 +43,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 import click
 import numpy as np
 
+from common.artifacts import MULTI_LABEL as MULTI
+from common.artifacts import REGRESSION
 from common.errors import ToolkitError, exit_on_toolkit_error
 from runtime.buffers import BufferPlan
 from runtime.tokenization import (
@@ -51,9 +53,6 @@ from runtime.tokenization import (
     fill_right_padded,
     special_token_ids,
 )
-
-SINGLE, MULTI, REGRESSION = ("single_label_classification", "multi_label_classification",
-                             "regression")
 
 
 @dataclass
@@ -153,14 +152,21 @@ class Classifier:
         """Token rows of ``texts``; an empty text (after cleaning) is refused."""
         return self.encode_with_types(texts)[0]
 
-    def encode_with_types(self, texts: Sequence[str], pairs: Sequence[str] | None = None
-                          ) -> Tuple[List[List[int]], List[List[int]]]:
-        """(id rows, token type rows) of ``texts`` (and their second texts ``pairs``)."""
-        check_texts(texts, self.rules["cleaning"])
-        if pairs is not None:
-            check_texts(pairs, self.rules["cleaning"])
-        return encode_for_model(self.tokenizer, texts, self.max_len, self.rules, self.cls_id,
-                                pairs)
+    def encode_with_types(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
+                          checked: bool = False) -> Tuple[List[List[int]], List[List[int]]]:
+        """(id rows, token type rows) of ``texts`` (and their second texts ``pairs``).
+        checked: the caller has already run ``check_texts`` on them."""
+        if not checked:
+            check_texts(list(texts) + list(pairs or []), self.rules["cleaning"])
+        rows, types = encode_for_model(self.tokenizer, texts, self.max_len, self.rules,
+                                       self.cls_id, pairs)
+        # transformers feeds the second text's type ids (1 for BERT); a graph without the
+        # input would read them as 0 and score another input. All-zero types (RoBERTa) pass.
+        if not self.token_types and any(any(row) for row in types):
+            raise ToolkitError(f"{self.session.path.name} has no token_type_ids input but its "
+                               "tokenizer gives the second text type ids 1: re-export it with "
+                               "python -m export.hf --sentence-pairs")
+        return rows, types
 
     def logits_for_rows(self, rows: Sequence[Sequence[int]],
                         type_rows: Sequence[Sequence[int]] | None = None) -> np.ndarray:
@@ -173,12 +179,13 @@ class Classifier:
             out[start:start + len(chunk)] = self._run_batch(chunk, types)
         return out
 
-    def classify(self, texts: Sequence[str], pairs: Sequence[str] | None = None
-                 ) -> List[Prediction]:
-        """One Prediction per text (per pair when ``pairs`` gives each text's second text)."""
+    def classify(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
+                 checked: bool = False) -> List[Prediction]:
+        """One Prediction per text (per pair when ``pairs`` gives each text's second text).
+        checked: ``check_texts`` already ran on them."""
         if not texts:
             return []
-        rows, types = self.encode_with_types(texts, pairs)
+        rows, types = self.encode_with_types(texts, pairs, checked)
         return predictions(self.logits_for_rows(rows, types), self.labels, self.head)
 
     def _run_batch(self, rows: Sequence[Sequence[int]],
@@ -219,6 +226,7 @@ def open_classifier(model: str, batch_size: int | None = None, tokenizer: str | 
     from runtime.tokenization import load_model_tokenizer, model_info
 
     info = model_info(model)
+    refuse_feature_model(model, info)
     tok = load_model_tokenizer(model, info, tokenizer)
     session = open_session(model)
     try:
@@ -226,6 +234,15 @@ def open_classifier(model: str, batch_size: int | None = None, tokenizer: str | 
     except ToolkitError:
         session.close()
         raise
+
+
+def refuse_feature_model(model: str, info: Dict[str, Any]) -> None:
+    """Texts given to a continuous-feature classifier: say which option it takes (its sidecar
+    names no tokenizer, and a --tokenizer would not give it its ``features`` input)."""
+    from calibration.feature_data import is_feature_model
+
+    if is_feature_model(info) or info.get("input_kind") == "features":
+        raise ToolkitError(f"{model} takes features: use --features FILE")
 
 
 def check_texts(texts: Sequence[str], cleaning: str = "imdb") -> None:
@@ -353,11 +370,12 @@ def main(model: str, texts: Sequence[str], text_file: str | None, pairs: bool,
     if pairs:
         texts, seconds = split_pairs(texts, len(lines))
     info = model_info(model)  # checked before the (slow) session opens
+    refuse_feature_model(model, info)
     check_texts(texts + (seconds or []), text_rules(info)["cleaning"])
     head = head_rules(info)
     session, classifier = open_classifier(model, batch_size, tokenizer)
     with session:
-        predictions = classifier.classify(texts, seconds)
+        predictions = classifier.classify(texts, seconds, checked=True)
     for i, (text, pred) in enumerate(zip(texts, predictions)):
         pair = None if seconds is None else seconds[i]
         if as_json:

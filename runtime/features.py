@@ -26,6 +26,7 @@ import numpy as np
 from calibration.feature_data import FeatureWindows, is_feature_model, pad_rows, read_feature_file
 from common.errors import ToolkitError
 from runtime.buffers import BufferPlan
+from runtime.classify import softmax  # one softmax for texts and features
 
 
 class FeatureClassifier:
@@ -79,10 +80,7 @@ class FeatureClassifier:
 
     def _run_batch(self, rows: Sequence[np.ndarray]) -> np.ndarray:
         batch = max(len(rows), self.min_batch)  # a static-batch engine gets padding rows
-        seq = max(max(len(r) for r in rows), self.min_seq, 1)
-        if seq > self.max_len:
-            raise ToolkitError(f"a window of {seq} steps: {self.session.path.name} takes at "
-                               f"most {self.max_len}")
+        seq = padded_length(rows, self.min_seq, self.max_len, self.session.path.name)
         b = self.bindings
         b["features"].shape = (batch, seq, self.feature_dim)
         b["attention_mask"].shape = (batch, seq)
@@ -103,6 +101,15 @@ class FeatureClassifier:
         self.arena.close()
 
 
+def padded_length(rows: Sequence[np.ndarray], min_seq: int, max_seq: int, model: str) -> int:
+    """The length a batch of windows is right-padded to: its longest window, never below the
+    model's shortest (``min_seq``: a static-length engine has min = max), at most ``max_seq``."""
+    seq = max(max(len(r) for r in rows), int(min_seq), 1)
+    if seq > max_seq:
+        raise ToolkitError(f"a window of {seq} steps: {model} takes at most {max_seq}")
+    return seq
+
+
 def open_feature_classifier(model: str, batch_size: int | None = None):
     """(session, FeatureClassifier) for a feature classifier ``.onnx`` or engine."""
     from runtime.session import open_session
@@ -117,13 +124,6 @@ def open_feature_classifier(model: str, batch_size: int | None = None):
     except ToolkitError:
         session.close()
         raise
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """(rows, labels) -> (rows, labels) float64 probabilities."""
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    weights = np.exp(shifted)
-    return weights / weights.sum(axis=1, keepdims=True)
 
 
 def classify_file(model: str, path: str, batch_size: int | None = None,

@@ -120,7 +120,7 @@ class TrtSession(Session):
     address_alignment = 256  # set_tensor_address requires it
 
     def __init__(self, path: Path):
-        from engines.manifest import check_compatible, check_plan_file
+        from engines.manifest import check_compatible, check_plan_file, is_version_compatible
 
         path = Path(path)
         trt = _import_tensorrt(path)
@@ -132,7 +132,7 @@ class TrtSession(Session):
         # the runtime outlives the engine
         self._runtime, self._engine = _deserialize(
             trt, path, manifest_dla_core(self.manifest),
-            host_code=bool(self.manifest.get("version_compatible")))
+            host_code=is_version_compatible(self.manifest))
         self._stream = cuda.Stream()
         inputs, outputs = _io_specs(trt, self._engine, path)
         profiles = [_engine_profile(self._engine, inputs, index)

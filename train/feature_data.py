@@ -238,6 +238,20 @@ def hold_out(split: FeatureSplit, fraction: float, seed: int):
     return part(~mask, split.name), part(mask, f"{split.name} (held out)")
 
 
+def check_same_layout(raws: Sequence[RawSplit], train: RawSplit) -> None:
+    """Every split has the training split's F, feature names and kind of labels."""
+    for r in raws:
+        if r.features.shape[2] != train.features.shape[2]:
+            raise ToolkitError(f"{r.path}: {r.features.shape[2]} features per step; "
+                               f"{train.path} has {train.features.shape[2]}")
+        if r.feature_names and train.feature_names and r.feature_names != train.feature_names:
+            raise ToolkitError(f"{r.path}: feature names {r.feature_names} differ from "
+                               f"{train.path}'s {train.feature_names}")
+        if (r.labels.dtype.kind == "U") != (train.labels.dtype.kind == "U"):
+            raise ToolkitError(f"{r.path}: labels are {r.labels.dtype}, {train.path}'s are "
+                               f"{train.labels.dtype}: use strings or integers in both")
+
+
 def load_feature_data(source, columns: TableColumns = DEFAULT_COLUMNS,
                       labels: Optional[Sequence[str]] = None, val_fraction: float = 0.1,
                       split_seed: int = 0, fmt: str = "auto") -> FeatureData:
@@ -248,16 +262,7 @@ def load_feature_data(source, columns: TableColumns = DEFAULT_COLUMNS,
     raw = {split: read_split(path, columns, fmt) for split, path in files.items()}
     names = label_vocabulary(raw["train"], labels)
     train = raw["train"]
-    for r in raw.values():
-        if r.features.shape[2] != train.features.shape[2]:
-            raise ToolkitError(f"{r.path}: {r.features.shape[2]} features per step; "
-                               f"{train.path} has {train.features.shape[2]}")
-        if r.feature_names and train.feature_names and r.feature_names != train.feature_names:
-            raise ToolkitError(f"{r.path}: feature names {r.feature_names} differ from "
-                               f"{train.path}'s {train.feature_names}")
-        if (r.labels.dtype.kind == "U") != (train.labels.dtype.kind == "U"):
-            raise ToolkitError(f"{r.path}: labels are {r.labels.dtype}, {train.path}'s are "
-                               f"{train.labels.dtype}: use strings or integers in both")
+    check_same_layout(list(raw.values()), train)
     splits = {split: FeatureSplit(str(r.path), r.features, r.lengths, label_ids(r, names))
               for split, r in raw.items()}
     if "valid" not in splits:

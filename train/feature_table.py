@@ -128,13 +128,16 @@ def group_sequences(path: Path, table: Dict[str, np.ndarray], columns: TableColu
     step_name, feature_names = _pick_columns(path, list(table), columns)
     ids = table[columns.id]
     n_rows = len(ids)
-    values = np.stack([numeric(path, n, table[n]) for n in feature_names], axis=1)  # (rows, F)
-    bad = np.argwhere(~np.isfinite(values))
+    exact = np.stack([numeric(path, n, table[n]) for n in feature_names], axis=1)  # (rows, F)
+    with np.errstate(over="ignore"):  # beyond float32 becomes inf: refused just below
+        values = exact.astype(np.float32)  # (rows, F) as the model will see them
+    bad = np.argwhere(~np.isfinite(values))  # checked after the cast: 1e39 is inf in float32
     if len(bad):
         row, k = bad[0]
-        raise ToolkitError(f"{path}: column {feature_names[k]!r} is {values[row, k]} at "
-                           f"{where(path, int(row))} (sequence {ids[row].item()!r}): expected "
-                           "finite numbers")
+        beyond = " (beyond float32's +-3.4e38)" if np.isfinite(exact[row, k]) else ""
+        raise ToolkitError(f"{path}: column {feature_names[k]!r} is {exact[row, k]:g}{beyond} "
+                           f"at {where(path, int(row))} (sequence {ids[row].item()!r}): "
+                           "expected finite float32 numbers")
     unique_ids, first, seq_of_row = np.unique(ids, return_index=True, return_inverse=True)
     rank = np.empty(len(unique_ids), dtype=np.int64)
     rank[np.argsort(first, kind="stable")] = np.arange(len(unique_ids))

@@ -132,10 +132,14 @@ def final_reports(out_dir: Path, splits: Dict[str, FeatureSplit], meta: Dict) ->
 
 def check_same_data(last: Path, meta: Dict) -> None:
     """A resumed run must see the data it started on: same labels, same statistics."""
+    from train.checkpoint import load_checkpoint
     from train.feature_eval import checkpoint_metadata
 
-    state = torch.load(last, map_location="cpu", weights_only=True)
-    before = checkpoint_metadata(state)
+    state = load_checkpoint(last).state  # a corrupt file is one line naming it
+    try:
+        before = checkpoint_metadata(state)
+    except ToolkitError as exc:
+        raise ToolkitError(f"--resume: {last}: {exc}") from None
     for key in ("labels", "feature_norm"):
         if before[key] != meta[key]:
             raise ToolkitError(f"--resume: {last} was trained on data with other {key} than "

@@ -10,8 +10,12 @@ data: ``sample``/``hub`` are IMDB (negative/positive); a folder's ``train.jsonl`
 ``{"text", "label"}`` lines whose labels are all integers 0..K-1 or all strings (names; in the
 order of the folder's id2label when its head has named labels, else sorted). The hold-out
 split, checkpoints (best.pt, last.pt, history.json, curves), exact resume (``--resume``) and
-per-epoch validation are those of ``train.imdb``; texts are IMDB-cleaned as train.data does
-(recorded as ``text_cleaning`` in the checkpoint). The folder's tokenizer.json is copied beside
+per-epoch validation are those of ``train.imdb``. ``--text-cleaning imdb`` (the default for
+IMDB: sample, hub, a DIR/imdb/train.jsonl) replaces names and ``<br />`` tags as train.data
+does; ``none`` (the default for any other train.jsonl) trains on the text as given. The choice
+is recorded as ``text_cleaning`` in the checkpoint, and export.hf gives the runtime the same
+rule. ``--num-labels K`` sets the head's label count when the data does not show every label
+(K >= the largest integer label + 1). The folder's tokenizer.json is copied beside
 the checkpoints with padding and truncation off (texts are truncated head + tail to
 ``--max-seq-len`` like our own classifier's). The first run writes ``init.pt`` (the pretrained
 weights in our checkpoint format) and starts from it. Export the result with
@@ -31,10 +35,9 @@ import click
 
 from common.errors import ToolkitError, exit_on_toolkit_error
 from common.fileio import atomic_write_text
-from common.text import clean_imdb_text
+from common.text import clean_imdb_text, encode_classifier_texts
 from train import data as datasets_
 from train import distributed
-from train.batching import encode_texts
 from train.checkpoint import TOKENIZER_FILE, load_checkpoint, save_checkpoint
 from train.cli_options import build, dataclass_options
 from train.imdb import LABELS, ImdbTask, check_fraction, split_holdout
@@ -44,7 +47,7 @@ from train.trainer import TrainConfig, report_run, train
 TRAIN_DEFAULTS = dict(epochs=2, batch_size=16, lr=5e-5, warmup_steps=100, weight_decay=0.01)
 INIT_FILE = "init.pt"
 TRAIN_FILE = "train.jsonl"
-TEXT_CLEANING = "imdb"  # train.data's clean_imdb_text, on every source
+TEXT_CLEANINGS = ("imdb", "none")  # train.data's clean_imdb_text, or the text as given
 _DEFAULT_NAME = re.compile(r"LABEL_\d+")  # transformers' id2label when none was given
 Label = Union[int, str]
 
@@ -113,22 +116,30 @@ def read_tokenizer(path: Path):
 
 
 # -- data: texts and labels, the label names and their ids ---------------------------------
-def load_labelled(data_source: Optional[str], limit: int) -> Tuple[List[str], List[Label], str]:
-    """(texts, raw labels, where) of the training split: IMDB (sample, hub) or TRAIN_FILE of a
-    folder (its ``imdb/`` subfolder too), the first ``limit`` when ``limit``."""
+def load_labelled(data_source: Optional[str], limit: int, cleaning: Optional[str] = None
+                  ) -> Tuple[List[str], List[Label], str, str]:
+    """(texts, raw labels, where, cleaning) of the training split: IMDB (sample, hub) or
+    TRAIN_FILE of a folder (its ``imdb/`` subfolder too), the first ``limit`` when ``limit``.
+    cleaning: "imdb" | "none" | None (imdb for IMDB data, none for another train.jsonl)."""
     source = datasets_.resolve_data_source(data_source)
-    print(datasets_.describe_source(source, "IMDB" if source in (datasets_.SAMPLE,
-                                                                 datasets_.HUB) else "text"))
-    if source in (datasets_.SAMPLE, datasets_.HUB):
-        texts, labels = datasets_.imdb_splits(source)["train"]
-        where = f"IMDB ({source})"
-    else:
-        path = _train_file(Path(source))
-        texts, labels = read_labelled_jsonl(path)
-        where = str(path)
-    if limit:
-        texts, labels = texts[:limit], labels[:limit]
-    return list(texts), list(labels), where
+    imdb_source = source in (datasets_.SAMPLE, datasets_.HUB)
+    print(datasets_.describe_source(source, "IMDB" if imdb_source else "text"))
+    if imdb_source:
+        if cleaning == "none":
+            raise ToolkitError(f"--text-cleaning none: IMDB ({source}) is read cleaned by "
+                               "train.data; give raw text as a folder's train.jsonl")
+        texts, labels = datasets_.imdb_splits(source)["train"]  # already cleaned
+        return _first(texts, limit), _first(labels, limit), f"IMDB ({source})", "imdb"
+    path = _train_file(Path(source))
+    if cleaning is None:  # the project's IMDB layout is DIR/imdb/train.jsonl
+        cleaning = "imdb" if path.parent.name == "imdb" else "none"
+    texts, labels = read_labelled_jsonl(path)
+    texts = [clean_imdb_text(t) for t in texts] if cleaning == "imdb" else texts
+    return _first(texts, limit), _first(labels, limit), str(path), cleaning
+
+
+def _first(values: Sequence[Any], limit: int) -> List[Any]:
+    return list(values[:limit] if limit else values)
 
 
 def _train_file(folder: Path) -> Path:
@@ -141,7 +152,7 @@ def _train_file(folder: Path) -> Path:
 
 def read_labelled_jsonl(path: Path) -> Tuple[List[str], List[Label]]:
     """``{"text", "label"}`` lines, labels all ints >= 0 or all non-empty strings; errors name
-    ``file:line``. Texts are IMDB-cleaned, as train.data.read_imdb_jsonl does."""
+    ``file:line``. Texts as written (``load_labelled`` cleans them when asked)."""
     texts: List[str] = []
     labels: List[Label] = []
     try:
@@ -165,7 +176,7 @@ def read_labelled_jsonl(path: Path) -> Tuple[List[str], List[Label]]:
         if labels and isinstance(label, str) != isinstance(labels[0], str):
             raise ToolkitError(f"{path}:{lineno}: label {label!r}: the file mixes integer and "
                                "string labels; use one kind")
-        texts.append(clean_imdb_text(record["text"]))
+        texts.append(record["text"])
         labels.append(label)
     if not texts:
         raise ToolkitError(f"{path} holds no examples: expected one {{\"text\", \"label\"}} "
@@ -173,11 +184,12 @@ def read_labelled_jsonl(path: Path) -> Tuple[List[str], List[Label]]:
     return texts, labels
 
 
-def resolve_labels(raw: Sequence[Label], folder: Folder, where: str
-                   ) -> Tuple[List[str], List[int]]:
+def resolve_labels(raw: Sequence[Label], folder: Folder, where: str,
+                   num_labels: Optional[int] = None) -> Tuple[List[str], List[int]]:
     """(label names, label id per example). Integer labels 0..K-1 are ids (names: the head's,
     else negative/positive for K = 2 as IMDB's, else label_i); string labels are names (ids in
-    the order of the head's named labels, else sorted)."""
+    the order of the head's named labels, else sorted). num_labels: K when the data does not
+    show every label (at least the count the data needs; names label_i for the unseen)."""
     if isinstance(raw[0], str):
         seen = sorted(set(raw))
         named = folder.head_labels
@@ -185,11 +197,13 @@ def resolve_labels(raw: Sequence[Label], folder: Folder, where: str
             raise ToolkitError(f"{where}: labels {seen} are not the names of {folder.path}'s "
                                f"classification head {named}")
         names = list(named) if named else seen
+        names += [f"label_{i}" for i in range(len(names),
+                                              _label_count(len(names), num_labels, where))]
         index = {name: i for i, name in enumerate(names)}
         ids = [index[label] for label in raw]
     else:
         ids = [int(label) for label in raw]
-        count = max(ids) + 1
+        count = _label_count(max(ids) + 1, num_labels, where)
         names = list(folder.head_labels) if folder.head_labels and \
             len(folder.head_labels) == count else \
             (list(LABELS) if count == 2 else [f"label_{i}" for i in range(count)])
@@ -204,6 +218,15 @@ def resolve_labels(raw: Sequence[Label], folder: Folder, where: str
     return names, ids
 
 
+def _label_count(needed: int, num_labels: Optional[int], where: str) -> int:
+    if num_labels is None:
+        return needed
+    if num_labels < needed:
+        raise ToolkitError(f"--num-labels {num_labels}: {where} needs at least {needed} "
+                           "labels (its largest label id + 1, or its label names)")
+    return num_labels
+
+
 # -- checkpoints ------------------------------------------------------------------------------
 def initial_model(folder: Path, labels: Sequence[str], max_seq_len: int, head_seed: int):
     """The pretrained encoder (its own head, or a fresh mean-pooling one) as our model."""
@@ -216,11 +239,16 @@ def initial_model(folder: Path, labels: Sequence[str], max_seq_len: int, head_se
         raise ToolkitError(f"--init-from {exc}") from None
 
 
-def check_resumed_labels(init: Path, labels: Sequence[str]) -> None:
-    saved = (load_checkpoint(init).state.get("train_config") or {}).get("labels")
+def check_resumed_labels(init: Path, labels: Sequence[str], cleaning: str = "imdb") -> None:
+    started = load_checkpoint(init).state.get("train_config") or {}
+    saved = started.get("labels")
     if saved is not None and list(saved) != list(labels):
         raise ToolkitError(f"--resume: {init} was started with labels {saved}, the data has "
                            f"{list(labels)}")
+    was = started.get("text_cleaning", "imdb")
+    if was != cleaning:
+        raise ToolkitError(f"--resume: {init} was started with --text-cleaning {was}, this run "
+                           f"has {cleaning}")
 
 
 @contextlib.contextmanager
@@ -249,28 +277,33 @@ def removed_if_left_empty(out_dir: Path) -> Iterator[None]:
 @click.option("--word-dropout", type=float, default=0.0,
               help="fraction of tokens hidden from each training text")
 @click.option("--head-seed", type=int, default=0, help="seed of a new classification head")
+@click.option("--text-cleaning", type=click.Choice(TEXT_CLEANINGS), default=None,
+              help="imdb: names and <br /> tags replaced as train.data does; none: the text as "
+                   "given [default: imdb for IMDB data, none for another train.jsonl]")
+@click.option("--num-labels", type=int, default=None,
+              help="labels of the head [default: from the data: largest id + 1, or its names]")
 @click.option("--resume", is_flag=True, help="continue from OUT_DIR/last.pt")
 @dataclass_options(TrainConfig, TRAIN_DEFAULTS)
 @exit_on_toolkit_error
 def main(folder, data_source, out_dir, val_size, limit, max_seq_len, word_dropout, head_seed,
-         resume, **options):
+         text_cleaning, num_labels, resume, **options):
     """Fine-tune a pretrained encoder on labelled texts (IMDB, the generated sample, or a
     folder's train.jsonl); keep the best epoch."""
     distributed.setup()  # under torchrun: join the job first, so only rank 0 prints
     check_fraction("--word-dropout", word_dropout)
     found = check_folder(folder)
-    texts, raw_labels, where = load_labelled(data_source, limit)
-    labels, label_ids = resolve_labels(raw_labels, found, where)
+    texts, raw_labels, where, text_cleaning = load_labelled(data_source, limit, text_cleaning)
+    labels, label_ids = resolve_labels(raw_labels, found, where, num_labels)
     tr_texts, tr_labels, val_texts, val_labels = split_holdout(texts, label_ids, val_size)
     train_cfg = build(TrainConfig, options, TRAIN_DEFAULTS)
     resuming = resume and (out_dir / "last.pt").is_file()
     init = out_dir / INIT_FILE
     task_config = {"word_dropout": word_dropout, "labels": labels, "init_from": str(folder),
-                   "text_cleaning": TEXT_CLEANING}
+                   "text_cleaning": text_cleaning}
     def write_start() -> None:  # rank 0 only under torchrun; the others read init.pt
         with removed_if_left_empty(out_dir):
             if resuming and init.is_file():
-                check_resumed_labels(init, labels)
+                check_resumed_labels(init, labels, text_cleaning)
             else:  # the model loads before anything is written
                 model = initial_model(folder, labels, max_seq_len, head_seed)
                 save_checkpoint(init, model.cfg, model, train_config=task_config)
@@ -281,8 +314,11 @@ def main(folder, data_source, out_dir, val_size, limit, max_seq_len, word_dropou
     print(f"labels: {', '.join(labels)}; head: {model_cfg.head}")
     started = time.time()
     # The tokenizer's post-processor adds [CLS] ... [SEP]; head + tail truncation keeps both.
-    encoded = encode_texts(found.tokenizer, tr_texts, model_cfg.max_seq_len)
-    val_encoded = encode_texts(found.tokenizer, val_texts, model_cfg.max_seq_len)
+    # The texts are cleaned (or not) already: clean=False, never twice.
+    encoded = encode_classifier_texts(found.tokenizer, tr_texts, model_cfg.max_seq_len,
+                                      clean=False)
+    val_encoded = encode_classifier_texts(found.tokenizer, val_texts, model_cfg.max_seq_len,
+                                          clean=False)
     print(f"tokenized {len(encoded)} train / {len(val_encoded)} held-out texts in "
           f"{time.time() - started:.1f} s")
     task = ImdbTask(encoded, tr_labels, val_encoded, val_labels, model_cfg.pad_id, word_dropout)

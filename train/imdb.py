@@ -192,6 +192,8 @@ def main(data_source, out_dir, val_size, gpt2_dir, limit, word_dropout, pretrain
     distributed.setup()  # under torchrun: join the job first, so only rank 0 prints
     check_fraction("--word-dropout", word_dropout)
     check_fraction("--mask-rate", mask_rate)
+    resume_finetune = resume and (out_dir / "last.pt").is_file()
+    check_pretrain_world(pretrain_epochs, will_pretrain=not resume_finetune)
     tr_texts, tr_labels, val_texts, val_labels = load_train_holdout(data_source, limit, val_size)
     train_cfg = build(TrainConfig, options, TRAIN_DEFAULTS)
     model_cfg = build(ClassifierConfig, options, MODEL_DEFAULTS)
@@ -210,7 +212,6 @@ def main(data_source, out_dir, val_size, gpt2_dir, limit, word_dropout, pretrain
         f"tokenized {len(encoded)} train / {len(val_encoded)} held-out reviews in "
         f"{time.time() - started:.1f} s"
     )
-    resume_finetune = resume and (out_dir / "last.pt").is_file()
     init_from = None
     if pretrain_epochs > 0 and not resume_finetune:  # a started fine-tune has its own weights
         init_from = pretrain(encoded, val_encoded, model_cfg, train_cfg, out_dir / "pretrain",
@@ -226,6 +227,18 @@ def main(data_source, out_dir, val_size, gpt2_dir, limit, word_dropout, pretrain
 def check_fraction(option: str, value: float) -> None:
     if not 0.0 <= value < 1.0:
         raise ToolkitError(f"{option} {value}: expected a value in [0, 1)")
+
+
+def check_pretrain_world(pretrain_epochs: int, will_pretrain: bool) -> None:
+    """Masked-LM pretraining is single-process only: its loss is a mean over masked tokens,
+    which the trainer's example-weighted DDP average does not reproduce, and a rank whose
+    shard has no masked token gives NaN that the all-reduce spreads to every rank."""
+    ctx = distributed.context()
+    if pretrain_epochs > 0 and will_pretrain and ctx.enabled:
+        raise ToolkitError(
+            f"--pretrain-epochs {pretrain_epochs} under torchrun ({ctx.world_size} ranks): "
+            "masked-LM pretraining runs in one process only; run it without torchrun "
+            "(python -m train.imdb ... --pretrain-epochs N), or give --pretrain-epochs 0 here")
 
 
 def pretrain(encoded, val_encoded, model_cfg, train_cfg, pretrain_dir: Path, epochs: int,

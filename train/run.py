@@ -13,7 +13,6 @@ torchrun every rank reads the same file; rank 0 writes the record.
 """
 from __future__ import annotations
 
-import os
 import shlex
 from pathlib import Path
 
@@ -34,9 +33,19 @@ def check_resume_record(record: Path, text: str) -> None:
            if line and not line.startswith("#")]
     new = [line for line in text.splitlines() if line and not line.startswith("#")]
     if old != new:
-        changed = next((b for a, b in zip(old, new) if a != b), new[len(old):][:1] or old[:1])
-        raise ToolkitError(f"--resume with another config than {record} ({changed}): resume "
-                           f"with --config {record}, or train into another output dir")
+        raise ToolkitError(f"--resume with another config than {record} "
+                           f"({first_difference(old, new)}): resume with --config {record}, "
+                           "or train into another output dir")
+
+
+def first_difference(old: list, new: list) -> str:
+    """The first line that differs, or the first one only one side has, as text."""
+    for a, b in zip(old, new):
+        if a != b:
+            return f"{b!r} where the record has {a!r}"
+    if len(new) < len(old):
+        return f"the record's {old[len(new)]!r} is missing"
+    return f"{new[len(old)]!r} is not in the record"
 
 
 @click.command()
@@ -67,7 +76,9 @@ def main(config_path: Path, out_dir: Path | None, resume: bool, dry_run: bool) -
         return
     if resume:  # every rank checks, so all of them stop on a mismatch
         check_resume_record(out / RESOLVED_NAME, text)
-    if int(os.environ.get("RANK", "0")) == 0:
+    from train.distributed import _env_int  # torchrun's RANK, a bad value in one line
+
+    if _env_int("RANK", 0) == 0:
         atomic_write_text(out / RESOLVED_NAME, text)
         click.echo(f"{task}: python -m {module} {shlex.join(argv)}")
         click.echo(f"wrote {out / RESOLVED_NAME}")

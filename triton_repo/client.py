@@ -306,17 +306,18 @@ class StreamClient(_Connected):
         self.url, self.model, self.timeout_s = _strip_scheme(url), model, timeout_s
         self.client, self.server_version, _ = open_checked(self.url, "grpc", model, timeout_s)
         self.final_flag = self.server_version >= STREAM_FINAL_RESPONSE_FROM
-        self.sent_at: Optional[float] = None  # perf_counter() as the last stream was opened
+        self.sent_at: Optional[float] = None  # perf_counter() as the last request was sent
 
     def stream(self, inputs: list,
                parameters: Optional[Dict[str, Any]] = None) -> Iterator[StreamEvent]:
         """Send ``inputs`` on a new stream; yield each response until the final one. An error
         response raises ToolkitError; so does no response for ``timeout_s``."""
         responses: queue.Queue[tuple] = queue.Queue()
-        self.sent_at = time.perf_counter()
         self.client.start_stream(callback=lambda result, error: responses.put((result, error)))
         finished = False
         try:
+            # from the request's send, not from opening the stream (a first-token time)
+            self.sent_at = time.perf_counter()
             self.client.async_stream_infer(self.model, inputs, parameters=parameters,
                                            enable_empty_final_response=self.final_flag)
             while not finished:

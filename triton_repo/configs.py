@@ -101,11 +101,6 @@ def _batching(config, queue_delay_us: int) -> None:
     config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
 
 
-def _check_instances(count: int, option: str) -> None:
-    if count < 1:
-        raise ToolkitError(f"{option} {count}: expected 1 or more")
-
-
 def classifier_warmup(config, opt_batch: int, lengths: Sequence[int],
                       dtypes: Dict[str, str]) -> None:
     """One warm-up of ``opt_batch`` rows per padded length the tokenizer sends (``lengths``,
@@ -138,7 +133,6 @@ def classifier_plan_config(profile: Dict[str, Tuple[int, int, int]], num_labels:
     """imdb_classifier on Jetson: the TensorRT plan, shapes from its first profile; warmed up
     at the padded ``lengths`` the tokenizer sends."""
     pb = _pb()
-    _check_instances(instances, "--classifier-instances")
     (b_min, b_opt, b_max), (s_min, _, s_max) = profile["batch"], profile["seq"]
     if b_min != 1:
         raise ToolkitError(f"the engine's profile takes batches {b_min}..{b_max}; Triton sends "
@@ -161,7 +155,6 @@ def classifier_ort_config(profile: Dict[str, Tuple[int, int, int]], num_labels: 
                           dtypes: Dict[str, str], instances: int, queue_delay_us: int,
                           params: Dict[str, str], lengths: Sequence[int]):
     """imdb_classifier on cpu: the same tensors and batching, a python model running ORT."""
-    _check_instances(instances, "--classifier-instances")
     _, b_opt, b_max = profile["batch"]
     config = _python_model("imdb_classifier", b_max, instances)
     _classifier_io(config, -1, num_labels, dtypes)
@@ -220,9 +213,6 @@ def generator_config(instances: int, params: Dict[str, str],
     takes max(1, max_batch_size) requests at a time, core src/dynamic_batch_scheduler.cc) but
     carries the queue policy: beyond ``max_queue`` waiting streams Triton answers UNAVAILABLE
     "Exceeds maximum queue size" (core src/scheduler_utils.cc, r23.05 to r24.10)."""
-    _check_instances(instances, "--generator-instances")
-    if max_queue < 1:
-        raise ToolkitError(f"--generator-queue {max_queue}: expected 1 or more (waiting streams)")
     config = _python_model("tinystories_generate", 0, instances)
     _add_tensors(config.input, [("PROMPT", "string", [1]), ("MAX_NEW_TOKENS", "int32", [1]),
                                 ("TEMPERATURE", "float32", [1]), ("TOP_K", "int32", [1]),

@@ -6,12 +6,13 @@
 
 The windows of a .npz/.npy file (``calibration.feature_data``: the reader the runtime uses)
 go to the server as raw FP32 ``features`` [n, seq, F] with an INT32 ``attention_mask``
-[n, seq], right-padded per request to its longest window, in requests of the model's
-``max_batch_size``; ``logits`` come back per window. The label names are the server's
-(``labels.txt``, asked once through Triton's classification extension, ``class_count``).
-``--compare MODEL`` also runs the same windows through ``runtime.features`` (ONNX Runtime or
-TensorRT) and fails when a logit differs by more than ``--atol``. Every failure is one
-ToolkitError line (``triton_repo.client``).
+[n, seq], right-padded per request to its longest window (never below the model's shortest:
+config parameter ``min_seq_len``, or exactly the length of fixed ``[s_max, F]`` dims), in
+requests of the model's ``max_batch_size``; ``logits`` come back per window. The label names
+are the server's (``labels.txt``, asked once through Triton's classification extension,
+``class_count``). ``--compare MODEL`` also runs the same windows through ``runtime.features``
+(ONNX Runtime or TensorRT) and fails when a logit differs by more than ``--atol`` or either
+side is NaN/Inf. Every failure is one ToolkitError line (``triton_repo.client``).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ if __package__ in (None, ""):  # run by path: the repository root replaces trito
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
     sys.path.insert(0, os.path.dirname(_HERE))
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import click
 import numpy as np
@@ -37,17 +38,21 @@ def served_logits(url: str, rows: Sequence[np.ndarray], protocol: str = "http",
                   model: str = FEATURE_MODEL, timeout_s: float = 60.0):
     """Windows (each (steps, F) raw) -> ((len(rows), labels) float32 logits, label names)."""
     from calibration.feature_data import pad_rows
+    from runtime.features import padded_length
     from triton_repo.client import _deadline, _describe, _transport_errors, make_input, open_checked
 
     client, _version, config = open_checked(url, protocol, model, timeout_s)
     try:
         step = int(config.get("max_batch_size", 0) or 0) or 1
-        names = label_names(client, protocol, model, int(rows[0].shape[1]), config, timeout_s)
+        min_seq, max_seq = served_lengths(config, f"triton at {url}: {model}")
+        feature_dim = int(rows[0].shape[1])
+        names = label_names(client, url, protocol, model, feature_dim, config, min_seq,
+                            timeout_s)
         out: List[np.ndarray] = []
         for start in range(0, len(rows), step):
             chunk = rows[start:start + step]
-            features, mask = pad_rows(chunk, max(len(r) for r in chunk),
-                                      int(chunk[0].shape[1]))  # (n, seq, F), (n, seq)
+            seq = padded_length(chunk, min_seq, max_seq, f"{model} at {url}")
+            features, mask = pad_rows(chunk, seq, feature_dim)  # (n, seq, F), (n, seq)
             inputs = [make_input(protocol, "features", features, "FP32"),
                       make_input(protocol, "attention_mask", mask, "INT32")]
             try:
@@ -60,11 +65,41 @@ def served_logits(url: str, rows: Sequence[np.ndarray], protocol: str = "http",
     return np.concatenate(out), names
 
 
-def label_names(client, protocol: str, model: str, feature_dim: int, config,
-                timeout_s: float) -> List[str]:
+def served_lengths(config, where: str) -> Tuple[int, int]:
+    """(shortest, longest) window the served model takes: the ``features`` dims [seq, F] (a
+    fixed seq > 0 is the only length, as feature_configs writes for a static engine) and the
+    ``min_seq_len`` / ``max_seq_len`` parameters feature_configs records (a dynamic engine may
+    take >= 8 steps only). An older config without them: 1 step up (unbounded)."""
+    from triton_repo.feature_configs import MAX_SEQ_PARAM, MIN_SEQ_PARAM
+
+    features = [i for i in config.get("input") or [] if i.get("name") == "features"]
+    dims = [int(d) for d in features[0].get("dims") or []] if features else []
+    params = config.get("parameters") or {}
+
+    def param(key: str, default: int) -> int:
+        value = (params.get(key) or {}).get("string_value")
+        try:
+            return default if value is None else int(value)
+        except ValueError:
+            raise ToolkitError(f"{where}: config parameter {key} = {value!r}: expected an "
+                               "integer") from None
+
+    if len(dims) == 2 and dims[0] > 0:  # a static-length engine
+        return dims[0], dims[0]
+    lo, hi = param(MIN_SEQ_PARAM, 1), param(MAX_SEQ_PARAM, 1 << 30)
+    if not 1 <= lo <= hi:
+        raise ToolkitError(f"{where}: config parameters {MIN_SEQ_PARAM} {lo}, {MAX_SEQ_PARAM} "
+                           f"{hi}: expected 1 <= min <= max")
+    return lo, hi
+
+
+def label_names(client, url: str, protocol: str, model: str, feature_dim: int, config,
+                min_seq: int, timeout_s: float) -> List[str]:
     """The model's labels in index order, from one request with ``class_count`` = all labels
-    (answers "score:index:label" per label, the label from the model's label_filename)."""
-    from triton_repo.client import _deadline, make_input
+    (answers "score:index:label" per label, the label from the model's label_filename). The
+    request is one window of one step, padded to the model's shortest length."""
+    from calibration.feature_data import pad_rows
+    from triton_repo.client import _deadline, _describe, _transport_errors, make_input
 
     if protocol == "http":
         import tritonclient.http as module
@@ -72,13 +107,38 @@ def label_names(client, protocol: str, model: str, feature_dim: int, config,
         import tritonclient.grpc as module
     outputs = config.get("output") or [{}]
     count = int((outputs[0].get("dims") or [0])[-1])
-    inputs = [make_input(protocol, "features", np.zeros((1, 1, feature_dim), np.float32), "FP32"),
-              make_input(protocol, "attention_mask", np.ones((1, 1), np.int32), "INT32")]
-    result = client.infer(model, inputs, outputs=[module.InferRequestedOutput(
-        "logits", class_count=count)], **_deadline(protocol, timeout_s))
-    entries = [e.decode("utf-8").split(":", 2) for e in result.as_numpy("logits").reshape(-1)]
-    names = {int(index): label for _score, index, label in entries}
+    features, mask = pad_rows([np.zeros((1, feature_dim), np.float32)], min_seq,
+                              feature_dim)  # (1, min_seq, F), (1, min_seq)
+    inputs = [make_input(protocol, "features", features, "FP32"),
+              make_input(protocol, "attention_mask", mask, "INT32")]
+    try:
+        result = client.infer(model, inputs, outputs=[module.InferRequestedOutput(
+            "logits", class_count=count)], **_deadline(protocol, timeout_s))
+    except _transport_errors() as exc:
+        raise ToolkitError(f"triton at {url}: {model} (label names): {_describe(exc)}") from None
+    entries = [e.decode("utf-8", "replace") for e in result.as_numpy("logits").reshape(-1)]
+    names = {}
+    for entry in entries:
+        parts = entry.split(":", 2)
+        if len(parts) == 3 and parts[1].isdigit() and parts[2]:
+            names[int(parts[1])] = parts[2]
+    missing = [i for i in range(count) if i not in names]
+    if count < 1 or missing:
+        raise ToolkitError(f"triton at {url}: {model}: no label name for index "
+                           f"{missing[0] if missing else 0} of {count} (the classification "
+                           f"answer is {entries[:4]}): check the model's labels.txt, one label "
+                           "per line")
     return [names[i] for i in range(count)]
+
+
+def max_abs_diff(got: np.ndarray, expected: np.ndarray) -> float:
+    """max |got - expected|; NaN when either side holds NaN or Inf (the comparison failed:
+    ``NaN > atol`` alone would pass). export.parity's semantics, without importing export."""
+    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    if not (np.isfinite(got).all() and np.isfinite(expected).all()):
+        return float("nan")
+    return float(np.max(np.abs(got - expected))) if got.size else 0.0
+
 
 @click.command(context_settings={"show_default": True})
 @click.option("--features", "feature_file", required=True, type=click.Path(dir_okay=False),
@@ -96,9 +156,13 @@ def label_names(client, protocol: str, model: str, feature_dim: int, config,
 def main(feature_file: str, url: str, protocol: str, model: str,
          compare_model: Optional[str], atol: float, wait_s: float, limit: Optional[int]) -> None:
     """Classify feature windows through a served feature classifier."""
-    from calibration.feature_data import read_feature_file
-    from runtime.features import softmax
+    import math
 
+    from calibration.feature_data import read_feature_file
+    from runtime.classify import softmax
+
+    if limit is not None and limit < 1:
+        raise ToolkitError(f"--limit {limit}: expected a number of windows >= 1")
     if wait_s > 0:
         from triton_repo.client import wait_until_ready
 
@@ -116,7 +180,10 @@ def main(feature_file: str, url: str, protocol: str, model: str,
         if classifier.labels != names:
             raise ToolkitError(f"{compare_model} has labels {classifier.labels}; the served "
                                f"{model} has {names}")
-        worst = float(np.max(np.abs(logits - expected)))
+        worst = max_abs_diff(logits, expected)
+        if math.isnan(worst):
+            raise ToolkitError(f"triton at {url}: {model} or {compare_model} gave NaN/Inf "
+                               "logits: the comparison fails")
         if worst > atol:
             raise ToolkitError(f"triton at {url}: {model} logits differ from {compare_model}'s "
                                f"by {worst:.2e} (> --atol {atol:g})")

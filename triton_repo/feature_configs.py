@@ -10,6 +10,10 @@ applies the training statistics itself, so a client sends what its sensors give.
 | in ``attention_mask`` | TYPE_INT32 | ``[-1]`` (seq); 1 = step, 0 = padding |
 | out ``logits`` | TYPE_FP32 | ``[num_labels]``, ``label_filename: labels.txt`` |
 
+Config parameters ``min_seq_len`` / ``max_seq_len``: the profile's shortest and longest window
+(a static engine has ``[s_max, F]`` dims and min = max); clients pad every request to at least
+the min (``triton_repo.feature_client``).
+
 Served by Triton's own backends where they exist: ``tensorrt_plan`` on jetson, and on cpu
 ``onnxruntime_onnx`` (``--features-backend onnxruntime``, a Triton build with the ONNX Runtime
 backend). The tritonserver bundled with nvidia-pytriton (``triton_repo.dev_server``, the
@@ -27,13 +31,14 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from common.errors import ToolkitError
-from common.fileio import sha256_file
+from common.fileio import atomic_write_text, sha256_file
 from triton_repo import configs
 
 DEFAULT_NAME = "feature_classifier"
 WARMUP_MASK_FILE = "attention_mask_ones"  # in the model's warmup/ folder
 CPU_BACKENDS = ("python", "onnxruntime")
 LABELS_FILE = "labels.txt"
+MIN_SEQ_PARAM, MAX_SEQ_PARAM = "min_seq_len", "max_seq_len"  # config parameters
 Range = Tuple[int, int, int]
 
 
@@ -135,7 +140,10 @@ def feature_config(name: str, backend: str, profile: Dict[str, Range], feature_d
     # Requests queued within the delay run as one batch (up to max_batch_size).
     config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
     _warmup(config, b_opt, s_opt, feature_dim)
-    for key, value in (params or {}).items():
+    # The profile's window lengths, for clients (triton_repo.feature_client pads every
+    # request to at least the min; dims [-1, F] alone do not say an engine takes >= 8 steps).
+    params = {MIN_SEQ_PARAM: s_min, MAX_SEQ_PARAM: s_max, **(params or {})}
+    for key, value in params.items():
         config.parameters[key].string_value = str(value)
     return config
 
@@ -177,6 +185,5 @@ def write_feature_model(root: Path, target: str, path, instances: int, queue_del
 
 def _labels_beside_config(model_dir: Path, labels) -> None:
     """Triton reads ``label_filename`` from the model folder (beside config.pbtxt)."""
-    path = model_dir / LABELS_FILE
-    path.write_text("\n".join(labels) + "\n", encoding="utf-8")
+    path = atomic_write_text(model_dir / LABELS_FILE, "\n".join(labels) + "\n")
     os.chmod(path, 0o644)

@@ -7,7 +7,7 @@ an old server) and the tests. Triton's server version is ``2.<minor>.<patch>``; 
 from __future__ import annotations
 
 import re
-from typing import Tuple
+from typing import List, Tuple
 
 from common.errors import ToolkitError
 
@@ -69,6 +69,17 @@ def check_supported(text: str) -> Tuple[int, int, int]:
             f"tarball or image (see jetson/run_triton.sh --help)")
     return version
 
+
+def version_notes(version: Tuple[int, int, int]) -> List[str]:
+    """Warnings for a supported server that lacks a feature the models use."""
+    notes = []
+    if version < REQUEST_CANCELLATION_FROM:
+        notes.append(
+            f"warning: Triton {format_version(version)} ({release_of(version)}) does not tell "
+            f"the python models of cancelled requests (is_cancelled arrives in "
+            f"{format_version(REQUEST_CANCELLATION_FROM)}, "
+            f"{release_of(REQUEST_CANCELLATION_FROM)}): a cancelled stream runs to its end")
+    return notes
 
 
 def check_version_compatible(version: Tuple[int, int, int]) -> None:

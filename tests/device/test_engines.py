@@ -424,7 +424,10 @@ def test_default_artifact_paths():
 @pytest.mark.parametrize("version, accepted", [
     ("8.6.3.1", True),    # a later release of the same major: the embedded lean runtime loads it
     ("8.6.1.6", False),   # an earlier release
-    ("10.3.0.30", False),  # another major: not claimed (run_triton.sh reads it the same way)
+    ("9.2.0", True),      # TensorRT's portability rule: 8 -> 9, 8 -> 10 and 10 -> 11 only
+    ("10.3.0.30", True),
+    ("11.1.0", False),    # "a TensorRT 8 engine cannot run with TensorRT 11"
+    ("7.2.3", False),
 ])
 def test_version_compatible_plan_loads_on_a_later_release(tmp_path, version, accepted):
     plan = _plan_with_manifest(tmp_path, version_compatible=True)
@@ -438,3 +441,13 @@ def test_version_compatible_plan_loads_on_a_later_release(tmp_path, version, acc
     plain = manifest.check_plan_file(_plan_with_manifest(tmp_path / "plain"))
     with pytest.raises(ToolkitError, match="TensorRT differ"):  # without the flag: same release
         manifest.check_compatible(plain, "8.6.3.1", "Orin", "8.7")
+
+
+@pytest.mark.parametrize("built, here, loads", [
+    ("10.3.0.30", "10.3.0.30", True), ("10.3.0", "10.7.0", True), ("10.7.0", "10.3.0", False),
+    ("10.3.0", "11.1.0", True), ("10.3.0", "12.0.0", False), ("8.6.1", "10.3.0", True),
+    ("8.6.1", "9.0.1", True), ("8.6.1", "11.0.0", False), ("8.5.2", "8.6.1", False),
+    ("9.2.0", "10.3.0", False), ("11.0.0", "10.3.0", False),
+])
+def test_the_version_compatible_rule_is_tensorrts(built, here, loads):
+    assert manifest.version_compatible_loads(built, here) is loads

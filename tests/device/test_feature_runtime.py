@@ -139,6 +139,29 @@ def test_classify_cli_prints_labels_and_accuracy(model, capsys):
     assert done.value.code == 2
 
 
+@pytest.mark.parametrize("extra", [[], ["--tokenizer", "any.tokenizer.json"]])
+def test_texts_given_to_a_feature_model_name_the_features_option(model, capsys, extra):
+    """Not "names no tokenizer" nor a KeyError('input_ids') with --tokenizer."""
+    from runtime.classify import main, open_classifier
+
+    with pytest.raises(SystemExit) as done:
+        main(["--model", str(model), "a text", *extra])
+    assert done.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {model} takes features: use --features FILE", err
+    with pytest.raises(ToolkitError, match="takes features: use --features FILE"):
+        open_classifier(str(model), tokenizer=(extra or [None, None])[1])
+
+
+def test_one_softmax_for_texts_and_features():
+    import runtime.classify
+    import runtime.features
+
+    assert runtime.features.softmax is runtime.classify.softmax
+    p = runtime.features.softmax(np.array([[0.0, np.log(3.0)]], np.float32))
+    assert np.allclose(p, [[0.25, 0.75]])
+
+
 def test_feature_calibration_set_round_trip(model, tmp_path):
     from calibration.feature_data import pad_rows, read_feature_file
     from calibration.loader import CalibrationSet, save_calibration_set

@@ -53,6 +53,9 @@ def test_old_sidecars_read_as_our_own_models():
     ("prompt", {"prefix_ids": []}),
     ("eos_ids", 2),
     ("head", {"problem_type": "ranking"}),
+    ("prompt", {"prefix_ids": [True], "add_special_tokens": True}),  # JSON true is no id
+    ("eos_ids", [2, False]),
+    ("head", {"problem_type": "multi_label_classification", "threshold": True}),
 ])
 def test_bad_text_keys_are_refused_in_one_line(key, value):
     good = {"format": "jetson-toolkit/onnx-sidecar", "version": 1, "kind": "classifier",
@@ -177,8 +180,20 @@ def test_triton_tokenizer_follows_the_text_rules(pair_tokenizer, tmp_path):
 
 
 def test_accuracy_refuses_a_regression_head():
-    from benchmarks.accuracy import check_head
+    """One check (common.artifacts) for the gate and the benchmarks' accuracy."""
+    from common.artifacts import check_class_head
 
-    assert check_head({}) == "single_label_classification"
+    check_class_head({})
+    check_class_head({"head": {"problem_type": "multi_label_classification"}})
     with pytest.raises(ToolkitError, match="regression head"):
-        check_head({"head": {"problem_type": "regression", "threshold": 0.5}})
+        check_class_head({"head": {"problem_type": "regression", "threshold": 0.5}})
+
+
+def test_single_text_data_refuses_a_pair_model():
+    from common.artifacts import check_single_text_inputs
+
+    names = ["input_ids", "attention_mask"]
+    check_single_text_inputs({"inputs": [{"name": n} for n in names]}, "calibration")
+    with pytest.raises(ToolkitError, match="calibration: the model reads sentence pairs"):
+        check_single_text_inputs({"inputs": [{"name": n} for n in names + ["token_type_ids"]]},
+                                 "calibration")

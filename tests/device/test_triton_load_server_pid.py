@@ -148,3 +148,38 @@ def test_container_pid_without_docker(tmp_path):
     with pytest.raises(ToolkitError, match="--container triton: .*inspect"):
         container_pid("triton", str(tmp_path / "no-docker"))
     assert not os.path.exists(tmp_path / "no-docker")
+
+
+def test_a_worker_stopped_while_connecting_does_not_hang_the_others(monkeypatch):
+    """A BaseException (KeyboardInterrupt, SystemExit) while connecting breaks the barrier:
+    the connected worker and the caller go on (the connected client is closed, nothing runs)."""
+    import threading
+
+    from benchmarks.triton_load import _Clock, _worker
+
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the stopped thread's
+    clock = _Clock(3, duration_s=60.0)
+    ran, closed = [], []
+
+    class Client:
+        def close(self):
+            closed.append(True)
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    threads = [threading.Thread(target=_worker, args=(make, lambda *a: ran.append(a), clock),
+                                daemon=True) for make in (Client, interrupted)]
+    for thread in threads:
+        thread.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(threading.BrokenBarrierError):
+            clock.barrier.wait(timeout=20)  # (a timeout breaks it too, late: timed below)
+        assert time.monotonic() - started < 10, "the barrier waited for the stopped worker"
+        for thread in threads:
+            thread.join(10)
+        assert not any(thread.is_alive() for thread in threads), "a worker still waits"
+        assert closed == [True] and ran == []
+    finally:
+        clock.barrier.abort()  # (frees a worker that the old code left waiting)

@@ -41,15 +41,17 @@ def wordpiece_tokenizer(vocab: int = VOCAB):
     return tok
 
 
-def byte_bpe_tokenizer(vocab: int = VOCAB):
-    """GPT-2-style byte-level BPE with <|endoftext|> = 0 (and <pad> = 1)."""
+def byte_bpe_tokenizer(vocab: int = VOCAB, extra_specials=()):
+    """GPT-2-style byte-level BPE with <|endoftext|> = 0 (and <pad> = 1), then
+    ``extra_specials`` (ids 2, 3, ...)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=vocab, special_tokens=["<|endoftext|>", "<pad>"], show_progress=False,
+        vocab_size=vocab, special_tokens=["<|endoftext|>", "<pad>", *extra_specials],
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     return tok
 
@@ -146,7 +148,10 @@ def make_folder(root: Path, arch: str, seed: int = 0, vocab: int = VOCAB) -> Pat
     folder = Path(root) / arch
     model.save_pretrained(str(folder))
     encoder = arch in ("bert", "bert_bare", "roberta", "distilbert")
-    tok = wordpiece_tokenizer() if encoder else byte_bpe_tokenizer()
+    # AutoTokenizer gives a Gemma folder <bos>/<eos>/<unk>/<mask> (its class defaults) as added
+    # tokens beyond the vocabulary unless tokenizer.json has them, as a real Gemma one does.
+    gemma_specials = ("<bos>", "<eos>", "<unk>", "<mask>") if arch == "gemma" else ()
+    tok = wordpiece_tokenizer() if encoder else byte_bpe_tokenizer(extra_specials=gemma_specials)
     if arch == "bert_bare":  # as sentence-transformers saves them: fixed padding, truncation
         tok.enable_padding(length=16, pad_id=0, pad_token="[PAD]")
         tok.enable_truncation(16)
@@ -212,16 +217,17 @@ def bos_bpe_tokenizer(vocab: int = VOCAB):
 
 
 def make_llama_bos_folder(root: Path, name: str, eos_token_id=2, generation_eos=None,
-                          seed: int = 0) -> Path:
+                          seed: int = 0, model_vocab: int = VOCAB) -> Path:
     """A tiny Llama whose tokenizer adds <s> (bos 1), with config.json's ``eos_token_id`` (an
-    int or a Llama-3-style list) and, when given, generation_config.json's."""
+    int or a Llama-3-style list) and, when given, generation_config.json's. model_vocab: the
+    embedding's rows (more than the tokenizer's, for tokens tokenizer_config.json adds)."""
     import json
 
     import torch
     import transformers as T
 
     torch.manual_seed(seed)
-    cfg = T.LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+    cfg = T.LlamaConfig(vocab_size=model_vocab, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
                         max_position_embeddings=160, bos_token_id=1, eos_token_id=eos_token_id,
                         pad_token_id=0, initializer_range=0.2)

@@ -129,6 +129,21 @@ def test_resuming_with_another_world_size_is_one_line(single_and_ddp):
     assert "written by a run of 2 rank(s); resume it with 2 (this run has 1)" in result.output
 
 
+def test_masked_lm_pretraining_under_torchrun_is_refused_in_one_line(tmp_path):
+    """Its token-mean loss is not the example-weighted DDP average (and an empty shard is NaN):
+    2 real gloo ranks stop before reading any data, each with the option and the workaround."""
+    result = subprocess.run(_command(tmp_path / "pre", "--pretrain-epochs", "1"), cwd=ROOT,
+                            env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+    assert result.returncode != 0
+    errors = [line for line in (result.stdout + result.stderr).splitlines()
+              if "error: --pretrain-epochs 1 under torchrun (2 ranks)" in line]
+    # each rank refuses; torchrun may stop the other once the first has exited
+    assert errors, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "run it without torchrun" in errors[0]
+    assert f'File "{ROOT / "train"}' not in result.stderr  # torchrun's own report only
+    assert not (tmp_path / "pre" / "pretrain").exists()
+
+
 def _worker_pid(launcher: int, rank: int) -> int:
     """The pid of torchrun's worker process with RANK=rank (Linux /proc)."""
     for entry in Path("/proc").iterdir():

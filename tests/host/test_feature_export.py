@@ -220,6 +220,30 @@ def test_export_refuses_a_checkpoint_without_statistics(tmp_path):
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()
 
 
+def test_nan_weights_fail_parity_naming_the_unwritten_output_and_the_weight(tmp_path):
+    """A NaN weight makes every logit NaN: parity fails (NaN > tolerance would pass) naming
+    "<output> (not written)" as the other exporters do, and the weight."""
+    from export.onnx_model import export_checkpoint
+    from train.checkpoint import save_checkpoint
+    from train.hf_model import build_model
+    from train.model import ClassifierConfig
+
+    cfg = ClassifierConfig(vocab_size=4, max_seq_len=8, d_model=8, n_layers=1, n_heads=2,
+                           d_ff=16, num_labels=2, feature_dim=F)
+    model = build_model(cfg)
+    name, param = next((n, p) for n, p in model.named_parameters() if n.endswith("weight"))
+    with torch.no_grad():
+        param.view(-1)[0] = float("nan")
+    norm = {"mean": [1.0, 2.0, 3.0], "std": [2.0, 3.0, 4.0]}  # not folded away
+    path = save_checkpoint(tmp_path / "nan.pt", cfg, model, extra={"feature_norm": norm})
+    with pytest.raises(ToolkitError) as caught:
+        export_checkpoint(path, tmp_path / "nan.onnx")
+    message = str(caught.value)
+    assert "nan.onnx (not written)" in message and "NaN/Inf" in message, message
+    assert name in message and "\n" not in message
+    assert not (tmp_path / "nan.onnx").exists()
+
+
 def test_calibration_set_for_other_statistics_is_refused(exported, sample, tmp_path):
     from calibration.dataset import build_calibration_set
     from calibration.qdq import quantize_to_qdq

@@ -172,6 +172,10 @@ CSV_HEAD = "sequence_id,step,a,label\n"
 
 @pytest.mark.parametrize("body, columns, message", [
     ("s1,0,1.0,x\ns1,1,nan,x\n", {}, r"t\.csv: column 'a' is nan at line 3 \(sequence 's1'\)"),
+    ("s1,0,1.0,x\ns1,1,1e39,x\n", {},
+     r"t\.csv: column 'a' is 1e\+39 \(beyond float32's \+-3\.4e38\) at line 3 \(sequence "
+     r"'s1'\): expected finite float32"),
+    ("s1,0,1.0,x\ns1,1,-3.5e38,x\n", {}, r"column 'a' is -3\.5e\+38 \(beyond float32"),
     ("s1,0,1.0,x\ns1,1,,x\n", {}, r"t\.csv: column 'a' has '' at line 3: expected a number"),
     ("s1,0,1.0,x\ns1,1,2.0,y\n", {},
      r"t\.csv: sequence 's1' has label 'x' at line 2 and 'y' at line 3: the label column "
@@ -260,6 +264,24 @@ def test_a_stopped_run_resumes_to_the_same_result_with_its_metadata(tmp_path):
     assert rows[0]["step"] == rows[1]["step"] == 6
     assert rows[0]["val_loss"] == pytest.approx(rows[1]["val_loss"], abs=1e-6)
     assert load_checkpoint(out / "best.pt").state["feature_norm"] == stopped["feature_norm"]
+
+
+def test_resume_from_a_corrupt_or_foreign_last_checkpoint_is_one_line_naming_it(tmp_path):
+    from train.checkpoint import save_checkpoint
+    from train.hf_model import build_model
+    from train.model import ClassifierConfig
+
+    data = make_sample(tmp_path, "npz")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"not a checkpoint")
+    corrupt = one_error_line(train_cli(["--data", str(data), "--out-dir", str(out), "--resume"]))
+    assert str(out / "last.pt") in corrupt and "corrupt or unreadable" in corrupt
+    cfg = ClassifierConfig(vocab_size=4, max_seq_len=8, d_model=8, n_layers=1, n_heads=2,
+                           d_ff=16, num_labels=3)
+    save_checkpoint(out / "last.pt", cfg, build_model(cfg))  # a token classifier's
+    foreign = one_error_line(train_cli(["--data", str(data), "--out-dir", str(out), "--resume"]))
+    assert f"--resume: {out / 'last.pt'}: the checkpoint has no feature_norm" in foreign
 
 
 def test_the_sample_is_deterministic_balanced_and_variable_length():

@@ -192,3 +192,49 @@ def test_an_existing_classification_head_is_kept_and_continued(tmp_path):
     other.mkdir()
     line = _refused(folder, tmp_path / "out4", _data(other, ["pos", "neg"]))
     assert "are not the names of" in line and "['bad', 'good']" in line
+
+
+# -- review of issue 23: text cleaning is the data's, recorded and exported; --num-labels -----
+def test_text_cleaning_is_chosen_recorded_and_exported(tmp_path, folder, monkeypatch):
+    """A user's train.jsonl is trained on as written (no IMDB name masking, cleaned once at
+    most), the choice is in the checkpoint and export.hf gives it to the runtime."""
+    seen = {}
+    task = hf_finetune.ImdbTask
+
+    def spy(encoded, *args):  # the ids training sees
+        seen["rows"] = encoded
+        return task(encoded, *args)
+
+    monkeypatch.setattr(hf_finetune, "ImdbTask", spy)
+    data = tmp_path / "data"
+    data.mkdir()
+    text = "my new Samsung phone"
+    (data / "train.jsonl").write_text("\n".join(
+        json.dumps({"text": text, "label": i % 2}) for i in range(24)) + "\n")
+    raw = hf_finetune.read_tokenizer(folder / "tokenizer.json").encode(text).ids
+    cleaned = hf_finetune.read_tokenizer(folder / "tokenizer.json").encode(
+        "my new someone phone").ids
+    assert raw != cleaned
+    for option, want, ids in ((), "none", raw), (("--text-cleaning", "imdb"), "imdb", cleaned):
+        out = tmp_path / f"out_{want}"
+        _run_local(folder, out, data, "--val-size", "4", *option)
+        assert seen["rows"][0] == ids
+        assert load_checkpoint(out / "best.pt").state["train_config"]["text_cleaning"] == want
+        sidecar = load_onnx_sidecar(export_hf(out / "best.pt", tmp_path / f"{want}.onnx",
+                                              max_batch=2, check_parity=False))
+        assert sidecar["text"]["cleaning"] == want
+    line = _refused(folder, tmp_path / "out_x", "sample", "--text-cleaning", "none")
+    assert "--text-cleaning none: IMDB (sample) is read cleaned" in line
+
+
+def test_num_labels_overrides_the_data(tmp_path, folder):
+    data = _data(tmp_path, [0, 1])
+    out = tmp_path / "out"
+    _run_local(folder, out, data, "--num-labels", "4")
+    best = load_checkpoint(out / "best.pt")
+    assert best.config.num_labels == 4
+    assert best.state["train_config"]["labels"] == ["label_0", "label_1", "label_2", "label_3"]
+    three = tmp_path / "three"
+    three.mkdir()
+    line = _refused(folder, tmp_path / "out3", _data(three, [0, 1, 2]), "--num-labels", "2")
+    assert "--num-labels 2:" in line and "needs at least 3 labels" in line

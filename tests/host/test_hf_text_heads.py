@@ -43,11 +43,11 @@ def exported(root):
 
 
 def hf_tokenizer(folder, **options):
+    """The reference: transformers' own tokenizer of the folder, as a pipeline loads it."""
     import transformers
 
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_file=str(folder / "tokenizer.json"),
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"], **options)
+    return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True,
+                                                      **options)
 
 
 def hf_logits(folder, **encoded) -> np.ndarray:
@@ -310,3 +310,92 @@ def test_file_dash_reads_stdin(tiny_classifier_onnx):
     bad = CliRunner().invoke(main, ["--model", str(tiny_classifier_onnx), "--file", "-"],
                              input=b"caf\xe9\n")
     assert bad.exit_code != 0 and "<stdin>: byte 3" in bad.output
+
+
+# --- review of issue 23: the tokenizer is AutoTokenizer's, heads and pairs refused where wrong --
+@pytest.mark.parametrize("config", [
+    {"add_bos_token": False}, {"add_eos_token": True},
+    {"additional_special_tokens": ["<|user|>"]},  # AutoTokenizer adds it as id 300
+])
+def test_prompt_ids_are_auto_tokenizers(root, config):
+    """The exported tokenizer is the one AutoTokenizer.from_pretrained(folder) builds: prompt
+    ids equal transformers' whatever tokenizer_config.json changes (transformers 5.24 keeps
+    tokenizer.json's post-processor over add_bos_token/add_eos_token; a version that rewrites
+    it is followed too)."""
+    from runtime.generate import open_decoder
+
+    name = "llama_cfg_" + "_".join(config)
+    folder = make_llama_bos_folder(root, name, model_vocab=304)
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", **config}))
+    onnx_path = export_hf(folder, root / "models" / f"{name}.onnx", max_batch=1,
+                          check_parity=False)
+    info, tok = open_decoder(str(onnx_path))
+    prompt = "<|user|> " + PROMPT
+    want = hf_tokenizer(folder)(prompt)["input_ids"]
+    assert info.encode_prompt(tok, prompt) == want
+    if "additional_special_tokens" in config:
+        assert 300 in want
+
+
+def test_truncation_side_from_tokenizer_json(root):
+    """tokenizer.json's truncation.direction is the default side; tokenizer_config.json's
+    truncation_side wins over it (transformers' precedence)."""
+    from tokenizers import Tokenizer
+
+    for name, config, want in (("trunc_json", None, "left"), ("trunc_both", "right", "right")):
+        folder = make_head_folder(root, name, truncation_side=config)
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        tok.enable_truncation(32, direction="left")
+        tok.save(str(folder / "tokenizer.json"))
+        assert hf_tokenizer(folder).truncation_side == want
+        sidecar = load_onnx_sidecar(export_hf(folder, root / "models" / f"{name}.onnx",
+                                              max_batch=2, check_parity=False))
+        assert sidecar["text"]["truncation"] == want
+
+
+def test_regression_head_with_two_outputs_is_refused(root):
+    from common.errors import ToolkitError
+
+    folder = make_head_folder(root, "regression2", num_labels=2, problem_type="regression")
+    with pytest.raises(ToolkitError, match="regression head with num_labels 2 is not supported"):
+        export_hf(folder, root / "models" / "regression2.onnx", max_batch=2)
+    assert not (root / "models" / "regression2.onnx").exists()
+
+
+def test_pairs_on_a_graph_without_token_types_are_refused(exported, root):
+    """BERT's second text has type ids 1; a graph exported without --sentence-pairs would read
+    them as 0 and give another score than transformers."""
+    from runtime.classify import main
+
+    _, onnx_path = exported("single", lambda: make_head_folder(root, "single"))
+    result = CliRunner().invoke(main, ["--model", str(onnx_path), "--batch-size", "4",
+                                       "--pairs", "a dull movie", "the plot made no sense"])
+    assert result.exit_code != 0 and "--sentence-pairs" in result.output, result.output
+    assert "no token_type_ids input" in result.output and "Traceback" not in result.output
+    assert len(classify_json(onnx_path, "a dull movie")) == 1  # single texts still work
+    # RoBERTa's pair template gives type ids 0 throughout: nothing is lost, pairs are read
+    from hf_tiny import make_folder
+
+    roberta = export_hf(make_folder(root, "roberta"), root / "models" / "roberta.onnx",
+                        max_batch=4, check_parity=False)
+    rows = classify_json(roberta, "--pairs", "a dull movie", "the plot made no sense")
+    assert rows[0]["text_pair"] == "the plot made no sense"
+
+
+def test_gate_and_calibration_refuse_pairs_and_regression(exported, root, tmp_path):
+    """Calibration data and the gate's split are single IMDB texts with class labels: a pair
+    model and a regression head are refused in one line before any data is read."""
+    from calibration import gate
+    from calibration.dataset import build_calibration_set
+    from common.errors import ToolkitError
+
+    _, pairs = multi_label(exported, root)
+    with pytest.raises(ToolkitError, match="pair models need pair data"):
+        gate.load_eval_data(pairs, load_onnx_sidecar(pairs), "no_such_data", None, 4)
+    with pytest.raises(ToolkitError, match="pair models need pair data"):
+        build_calibration_set(pairs, "no_such_data", tmp_path / "calib.npz")
+    _, regression = exported("regression", lambda: make_head_folder(
+        root, "regression", num_labels=1, seed=2))
+    with pytest.raises(ToolkitError, match="regression head"):
+        gate.load_eval_data(regression, load_onnx_sidecar(regression), "no_such_data", None, 4)

@@ -157,6 +157,29 @@ def test_resume_refuses_another_config_than_the_recorded_one(tmp_path, tiny_data
     assert result.exit_code == 0, result.output  # the same config: continues (nothing left)
 
 
+def test_resume_mismatch_names_the_first_differing_or_missing_line_as_text(tmp_path):
+    record = write(tmp_path, "# header\ntask = \"x\"\n[model]\nd_ff = 32\n", "rec.toml")
+    cases = [("task = \"x\"\n[model]\nd_ff = 64\n",
+              "('d_ff = 64' where the record has 'd_ff = 32')"),
+             ("task = \"x\"\n", "(the record's '[model]' is missing)"),
+             ("task = \"x\"\n[model]\nd_ff = 32\nlr = 1\n", "('lr = 1' is not in the record)")]
+    for text, expected in cases:
+        with pytest.raises(ToolkitError) as info:
+            run.check_resume_record(record, text)
+        message = str(info.value)
+        assert expected in message and "[" + "'" not in message, message
+    run.check_resume_record(record, "# other header\ntask = \"x\"\n[model]\nd_ff = 32\n")
+
+
+def test_a_non_integer_rank_is_one_line(tmp_path, tiny_data, monkeypatch):
+    config = write(tmp_path, TINY_FEATURES.format(data=tiny_data, out=tmp_path / "out"))
+    monkeypatch.setenv("RANK", "zero")
+    result = CliRunner().invoke(run.main, ["--config", str(config)])
+    assert result.exit_code == 2, result.output
+    assert "error: environment variable RANK='zero': expected an integer" in result.output
+    assert not (tmp_path / "out" / run.RESOLVED_NAME).exists()
+
+
 def test_a_token_task_runs_through_its_own_cli(tmp_path):
     out = tmp_path / "imdb"
     config = write(tmp_path, f"""

@@ -119,3 +119,30 @@ def test_ready_cli_names_the_server_version(triton_server):
         version = json.load(answer)["version"]  # "2.51.0" from nvidia-pytriton 0.7.0
     assert result.stdout == (f"ready: {triton_server.grpc_url} (grpc), triton {version}, "
                              f"models imdb\n")
+
+
+def test_sent_at_is_taken_as_the_request_is_sent(triton_server, monkeypatch):
+    """StreamClient.sent_at (triton_load's first-token clock) starts after the stream is
+    opened, right before the request goes out."""
+    import time
+
+    from triton_repo.client import StreamClient
+
+    _, grpc_cls = client_classes()
+    marks = {}
+    real_start, real_send = grpc_cls.start_stream, grpc_cls.async_stream_infer
+
+    def start_stream(self, *args, **kwargs):
+        answer = real_start(self, *args, **kwargs)
+        marks["opened"] = time.perf_counter()
+        return answer
+
+    def async_stream_infer(self, *args, **kwargs):
+        marks["sending"] = time.perf_counter()
+        return real_send(self, *args, **kwargs)
+
+    monkeypatch.setattr(grpc_cls, "start_stream", start_stream)
+    monkeypatch.setattr(grpc_cls, "async_stream_infer", async_stream_infer)
+    with StreamClient(triton_server.grpc_url) as client:
+        assert list(client.stream(greedy_inputs(2)))
+        assert marks["opened"] <= client.sent_at <= marks["sending"]

@@ -207,6 +207,25 @@ def test_postprocess_is_the_runtime_softmax(repo):
             post(bad)
 
 
+def test_postprocess_heads_are_the_runtime_predictions():
+    """Multi-label and regression heads: LABEL and PROBABILITIES are runtime.classify's
+    predictions (sigmoid over the threshold, all labels; the raw score)."""
+    from runtime.classify import predictions
+
+    logits = np.array([[0.5, -1.0, 2.0], [-3.0, -0.2, 0.1]], np.float32)
+    labels = ["a", "b", "c"]
+    head = {"problem_type": "multi_label_classification", "threshold": 0.5}
+    out = Postprocessor(labels, head)(logits)
+    want = predictions(logits, labels, head)
+    assert [v.decode() for v in out["LABEL"][:, 0]] == [p.label for p in want] == ["a,c", "c"]
+    np.testing.assert_array_equal(out["PROBABILITIES"], np.array(
+        [list(p.probabilities.values()) for p in want], np.float32))
+    score = Postprocessor(["score"], {"problem_type": "regression"})(logits[:, :1])
+    assert score["PROBABILITIES"].tolist() == [[0.5], [-3.0]]
+    with pytest.raises(ToolkitError, match="needs one"):
+        Postprocessor(["x", "y"], {"problem_type": "regression"})
+
+
 # ---------------------------------------------------------------- generator
 
 @pytest.fixture(scope="module")
@@ -375,6 +394,21 @@ def test_generator_adapter_streams_then_ends_every_request(monkeypatch, repo, ru
         assert response.error.code == "INVALID_ARG"
     assert len(cancelled.sender.sent) == 3 and cancelled.sender.sent[-1] == (None, final)
 
+
+@pytest.mark.parametrize("key, value", [("cancel_check_tokens", "0"),
+                                        ("cancel_check_ms", "-5"), ("cancel_check_tokens", "x")])
+def test_the_cancel_check_parameters_are_positive_whole_numbers(monkeypatch, repo, key, value):
+    module = model_module("tinystories_generate")
+    config = (repo / "tinystories_generate" / "config.pbtxt").read_text()
+    config += f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}\n'
+    with pytest.raises(FakePbUtils.TritonModelException) as refused:
+        load_adapter(monkeypatch, module, config, repo / "tinystories_generate" / "1")
+    assert str(refused.value) == (f"model tinystories_generate: config parameter {key!r} is "
+                                  f"{value!r}; expected a whole number > 0")
+    adapter = load_adapter(monkeypatch, module, config.replace(f'"{value}"', '"7"'),
+                           repo / "tinystories_generate" / "1")
+    every = (adapter.model.cancel_check_tokens, adapter.model.cancel_check_s)
+    assert every == ((7, 0.020) if key == "cancel_check_tokens" else (16, 0.007))
 
 def test_batched_adapters_answer_each_request(monkeypatch, repo):
     tokenizer = load_adapter(monkeypatch, model_module("imdb_tokenizer"),

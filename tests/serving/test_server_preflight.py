@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,7 @@ FAKE_SERVER = """#!/bin/sh
 # a stand-in tritonserver: --help prints its usage text; a start records its arguments, fails
 case " $* " in *" --help "*) printf '%s\\n' "@HELP@"; exit 1 ;; esac
 printf '%s\\n' "$@" > "@ARGS@"
+printf '%s\\n' "${LD_LIBRARY_PATH:-}" > "@ARGS@.ld"
 exit 3
 """
 
@@ -73,6 +75,38 @@ def fake_home(tmp_path: Path, help_text: str = "  --metrics-address <string>",
                         str(home / "backends" / "tensorrt" / "libtriton_tensorrt.so"),
                         str(source), f"-L{home / 'lib'}", "-Wl,--no-as-needed", "-lnvinfer"],
                        check=True)
+    return home
+
+
+def http_home(tmp_path: Path, version: str, status: int = 200) -> Path:
+    """fake_home whose tritonserver is a stand-in HTTP server: ready at once, /v2 answering
+    ``version`` with ``status``; its pid goes to home/pid."""
+    home = fake_home(tmp_path)
+    server = home / "bin" / "tritonserver"
+    server.write_text(f"""#!{sys.executable}
+import http.server, json, sys
+args = sys.argv[1:]
+if "--help" in args:
+    print("  --metrics-address <string>")
+    sys.exit(1)
+address, port = args[args.index("--http-address") + 1], int(args[args.index("--http-port") + 1])
+open({str(home / "pid")!r}, "w").write(str(__import__("os").getpid()))
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({{"name": "triton", "version": {version!r}}}).encode()
+        v2 = self.path == "/v2"
+        self.send_response({status} if v2 else 200)
+        self.send_header("Content-Length", str(len(body) if v2 else 0))
+        self.end_headers()
+        if v2:
+            self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+http.server.HTTPServer((address, port), Handler).serve_forever()
+""")
     return home
 
 
@@ -115,31 +149,7 @@ def test_a_server_that_cannot_run_is_not_called_old(tmp_path, echo_repository):
 
 def test_a_server_reporting_an_old_version_is_stopped(tmp_path, echo_repository):
     """The /v2 check after the start (a stand-in HTTP server claiming 2.33.0)."""
-    home = fake_home(tmp_path)
-    server = home / "bin" / "tritonserver"
-    server.write_text(f"""#!{sys.executable}
-import http.server, json, sys
-args = sys.argv[1:]
-if "--help" in args:
-    print("  --metrics-address <string>")
-    sys.exit(1)
-address, port = args[args.index("--http-address") + 1], int(args[args.index("--http-port") + 1])
-open({str(home / "pid")!r}, "w").write(str(__import__("os").getpid()))
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = json.dumps({{"name": "triton", "version": "2.33.0"}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body) if self.path == "/v2" else 0))
-        self.end_headers()
-        if self.path == "/v2":
-            self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-http.server.HTTPServer((address, port), Handler).serve_forever()
-""")
+    home = http_home(tmp_path, "2.33.0")
     result = run_script(echo_repository, env=base_env(tmp_path, TRITON_HOME=str(home)))
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
@@ -197,7 +207,7 @@ def test_an_image_without_tokenizers_is_refused_before_the_start(tmp_path, echo_
     assert result.stderr.strip().splitlines() == [
         "run_triton.sh: error: the python models need module 'tokenizers', which the python3 "
         "of nvcr.io/nvidia/tritonserver:24.02-py3-igpu cannot import: build an image FROM "
-        "nvcr.io/nvidia/tritonserver:24.02-py3-igpu with pip install numpy tokenizers click"]
+        "nvcr.io/nvidia/tritonserver:24.02-py3-igpu with pip install tokenizers"]
     assert not (tmp_path / "docker-args").exists()
 
 
@@ -275,10 +285,10 @@ def test_a_version_compatible_plan_gets_the_backend_switch(tmp_path):
     assert result.returncode == 1 and "before it was ready" in result.stderr
     args = (home / "args").read_text().splitlines()
     assert "--backend-config=tensorrt,version-compatible=true" in args
-    env["TRITON_TENSORRT_VERSION"] = "11.1.0"  # another major version: refused
+    env["TRITON_TENSORRT_VERSION"] = "12.0.0"  # 10 -> 11 only, across majors: refused
     result = run_script(repo, env=env)
     assert result.returncode == 2 and "but the server's TensorRT backend links TensorRT " \
-                                      "11.1.0" in result.stderr
+                                      "12.0.0" in result.stderr
 
 
 # ---------------------------------------------------------------- the python models' Python
@@ -326,3 +336,156 @@ def test_an_env_without_tokenizers_is_refused_before_the_start(triton_env, tmp_p
         f"{env_dir}/bin/python3 cannot import: run jetson/setup.sh (its venv .venv-jetson is "
         f"found by default) or set TRITON_PYTHON_ENV to a venv with requirements/device.txt"]
     assert FIXTURES.is_dir()  # (the committed models the other tests serve)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs /usr/bin/python3")
+def test_a_missing_onnxruntime_gets_its_own_hint(tmp_path):
+    """The hint is preflight.py's, per module: onnxruntime is not in requirements/device.txt."""
+    from triton_repo.build import build_repository
+
+    repo = build_repository("cpu", tmp_path / "repo", imdb=FIXTURES / "tiny_classifier.onnx")
+    env_dir = python_without(tmp_path, "onnxruntime", present=("numpy", "click", "tokenizers"))
+    home = fake_home(tmp_path)
+    (home / "backends" / "onnxruntime").mkdir()
+    result = run_script(repo, env=base_env(tmp_path, TRITON_HOME=str(home),
+                                           TRITON_PYTHON_ENV=str(env_dir)))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"run_triton.sh: error: the python models need module 'onnxruntime', which "
+        f"{env_dir}/bin/python3 cannot import: pip install onnxruntime into that Python (or, "
+        f"on a Jetson, NVIDIA's onnxruntime-gpu wheel for the JetPack)")
+    assert not (home / "args").exists()
+
+
+# ------------------------------------------------ reading the version, platforms, lib paths
+
+def test_the_version_is_read_past_an_http_proxy(tmp_path, echo_repository):
+    """urllib sends 127.0.0.1 through http_proxy unless told not to: with a proxy on a dead
+    port the healthy server was read as version 'unknown' and killed."""
+    home = http_home(tmp_path, "2.51.0")
+    dead = f"http://127.0.0.1:{free_ports(1)[0]}"
+    env = base_env(tmp_path, TRITON_HOME=str(home), http_proxy=dead, HTTP_PROXY=dead)
+    result = run_script("--background", tmp_path / "pid", echo_repository, env=env)
+    pid = int((home / "pid").read_text())
+    try:
+        assert result.returncode == 0, result.stderr
+        assert "  version  2.51.0" in result.stdout
+        assert alive(pid)
+    finally:
+        subprocess.run(["kill", str(pid)])
+
+
+def test_a_version_that_cannot_be_read_is_named_as_such(tmp_path, echo_repository):
+    home = http_home(tmp_path, "2.51.0", status=500)
+    env = base_env(tmp_path, TRITON_HOME=str(home))
+    result = run_script(echo_repository, env=env)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"run_triton.sh: error: could not read the version from "
+                           f"http://127.0.0.1:{env['TRITON_HTTP_PORT']}/v2: HTTPError")
+    assert "unknown" not in line and line.endswith("; stopped it")
+    deadline = time.monotonic() + 10
+    while alive(int((home / "pid").read_text())) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(int((home / "pid").read_text()))
+
+
+def test_an_old_server_warns_that_cancellation_is_not_honoured(tmp_path, echo_repository):
+    home = http_home(tmp_path, "2.38.0")
+    result = run_script("--background", tmp_path / "pid", echo_repository,
+                        env=base_env(tmp_path, TRITON_HOME=str(home)))
+    subprocess.run(["kill", (home / "pid").read_text()])
+    assert result.returncode == 0, result.stderr
+    assert "run_triton.sh: warning: Triton 2.38.0 (23.09) does not tell the python models of " \
+           "cancelled requests" in result.stderr
+
+
+@pytest.mark.parametrize("platform, folder", [
+    ("onnxruntime_onnx", "onnxruntime"), ("pytorch_libtorch", "pytorch"),
+    ("tensorflow_savedmodel", "tensorflow"), ("tensorflow_graphdef", "tensorflow"),
+])
+def test_a_platform_needs_its_backend_folder(tmp_path, platform, folder):
+    repo = tmp_path / "repo"
+    (repo / "m" / "1").mkdir(parents=True)
+    (repo / "m" / "config.pbtxt").write_text(f'name: "m"\nplatform: "{platform}"\n')
+    home = fake_home(tmp_path)
+    result = run_script(repo, env=base_env(tmp_path, TRITON_HOME=str(home)))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"run_triton.sh: error: the repository uses backend '{folder}' but "
+        f"{home}/backends/{folder} is missing"]
+    (home / "backends" / folder).mkdir()
+    result = run_script(repo, env=base_env(tmp_path, TRITON_HOME=str(home)))
+    assert result.returncode == 1 and "before it was ready" in result.stderr  # started
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs /usr/bin/python3")
+def test_the_base_interpreter_lib_dir_goes_last_and_only_when_needed(tmp_path, echo_repository):
+    """A system python3 (JetPack's: LIBDIR /usr/lib/<multiarch>) adds nothing; an interpreter
+    whose libpython lies elsewhere (pyenv here, as the pytriton venv) is appended."""
+    import sysconfig
+
+    home = fake_home(tmp_path)
+    system_env = python_without(tmp_path, "nothing", present=("numpy", "click", "tokenizers"))
+    env = base_env(tmp_path, TRITON_HOME=str(home), TRITON_PYTHON_ENV=str(system_env),
+                   LD_LIBRARY_PATH="/opt/mine")
+    result = run_script(echo_repository, env=env)
+    assert result.returncode == 1, result.stderr
+    assert (home / "args.ld").read_text().strip() == f"{home}/lib:/opt/mine"
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir.startswith(("/usr/lib", "/lib")) or not (
+            Path(libdir) / sysconfig.get_config_var("LDLIBRARY")).exists():
+        return  # this interpreter's libpython is where the linker looks anyway
+    env["TRITON_PYTHON_ENV"] = str(Path(sys.executable).parent.parent)
+    result = run_script(echo_repository, env=env)
+    assert result.returncode == 1, result.stderr
+    assert (home / "args.ld").read_text().strip() == f"{home}/lib:/opt/mine:{libdir}"
+
+
+def compatible_plan_repo(tmp_path: Path) -> Path:
+    from repo_fixtures import plan_for
+    from tiny_data import copy_committed_model
+
+    from triton_repo.build import build_repository
+
+    (tmp_path / "onnx").mkdir()
+    onnx = copy_committed_model("tiny_classifier", tmp_path / "onnx")
+    plan = plan_for(onnx, tmp_path / "engines", tensorrt_version="10.3.0.30",
+                    version_compatible=True)
+    return build_repository("jetson", tmp_path / "repo", imdb=plan)
+
+
+def test_a_version_compatible_plan_on_its_own_release_gets_the_switch(tmp_path):
+    """Its lean runtime is host code: TensorRT refuses it unless the backend allows host code,
+    which only version-compatible=true does (tensorrt_backend src/loader.cc, r23.09+)."""
+    repo = compatible_plan_repo(tmp_path)
+    home = fake_home(tmp_path)
+    env = base_env(tmp_path, TRITON_HOME=str(home), TRITON_TENSORRT_VERSION="10.3.0")
+    result = run_script(repo, env=env)
+    assert result.returncode == 1 and "before it was ready" in result.stderr
+    assert "--backend-config=tensorrt,version-compatible=true" in \
+        (home / "args").read_text().splitlines()
+    assert "version-compatible plans need Triton 2.38 (23.09) or later; release tree " \
+           f"{home} does not say its version before the start" in result.stderr
+
+
+def test_a_server_too_old_for_version_compatible_plans_is_refused_before_the_start(tmp_path):
+    repo = compatible_plan_repo(tmp_path)
+    home = fake_home(tmp_path)
+    (home / "TRITON_VERSION").write_text("2.37.0\n")
+    env = base_env(tmp_path, TRITON_HOME=str(home), TRITON_TENSORRT_VERSION="10.7.0")
+    result = run_script(repo, env=env)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("run_triton.sh: error: Triton 2.37.0 (23.08) cannot load "
+                           "version-compatible TensorRT plans")
+    assert not (home / "args").exists()
+    (home / "TRITON_VERSION").write_text("2.38.0\n")
+    assert run_script(repo, env=env).returncode == 1 and (home / "args").exists()
+    env = base_env(tmp_path, TRITON_DOCKER=str(write_fake_docker(tmp_path)),
+                   TRITON_CONTAINER="nvcr.io/nvidia/tritonserver:23.08-py3",
+                   TRITON_SERVER_VERSION="2.37.0", TRITON_TENSORRT_VERSION="10.7.0")
+    result = run_script(repo, env=env)
+    assert result.returncode == 2
+    assert "Triton 2.37.0 (23.08) cannot load version-compatible" in result.stderr
+    assert not (tmp_path / "docker-args").exists()

@@ -1,5 +1,6 @@
 """imdb_postprocess (python backend): classifier ``logits`` -> ``LABEL`` and
-``PROBABILITIES``, by the sidecar's ``head`` as ``runtime.classify.predictions``: single-label
+``PROBABILITIES``, by the sidecar's ``head`` through ``runtime.classify.predictions`` itself
+(one definition for the CLI and the server): single-label
 the softmax (float64, then float32) and the top label; multi-label each label's sigmoid and the
 labels over the threshold joined by "," (all probabilities reported); regression the raw score
 in PROBABILITIES and the label name. Labels in the sidecar's order. Config parameters
@@ -19,8 +20,9 @@ _TOOLKIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_toolkit")
 if os.path.isdir(_TOOLKIT) and _TOOLKIT not in sys.path:  # inside a built repository
     sys.path.insert(0, _TOOLKIT)
 
+from common.artifacts import REGRESSION  # noqa: E402
 from common.errors import ToolkitError  # noqa: E402
-from runtime.classify import MULTI, REGRESSION, sigmoid, softmax  # noqa: E402
+from runtime.classify import predictions  # noqa: E402
 from triton_repo.models.requests import (  # noqa: E402
     check_dtype,
     check_input_names,
@@ -68,19 +70,13 @@ class Postprocessor:
                                f"[batch, {len(self.labels)}]")
         if not np.isfinite(logits).all():
             raise ToolkitError(f"input {INPUT!r} holds NaN or infinite values")
-        problem = self.head["problem_type"]
-        if problem == REGRESSION:  # the score itself, (rows, 1)
-            return {"LABEL": string_tensor([self.labels[0]] * logits.shape[0]),
-                    "PROBABILITIES": logits.astype(np.float32)}
-        if problem == MULTI:
-            probabilities = sigmoid(logits)  # (rows, labels) float64, each label on its own
-            labels = [",".join(lab for lab, p in zip(self.labels, row)
-                               if p > self.head["threshold"]) for row in probabilities]
-        else:
-            probabilities = softmax(logits)  # (rows, labels) float64
-            labels = [self.labels[i] for i in np.argmax(probabilities, axis=1)]
-        return {"LABEL": string_tensor(labels),
-                "PROBABILITIES": probabilities.astype(np.float32)}
+        rows = predictions(logits, self.labels, self.head)
+        if self.head["problem_type"] == REGRESSION:  # the score itself
+            values = [[p.score] for p in rows]
+        else:  # softmax / sigmoid, in the labels' order
+            values = [list(p.probabilities.values()) for p in rows]
+        return {"LABEL": string_tensor([p.label for p in rows]),
+                "PROBABILITIES": np.array(values, np.float32)}  # (rows, labels) float32
 
     def postprocess_request(self, inputs: Mapping[str, np.ndarray],
                             parameters: Any = None) -> Dict[str, np.ndarray]:

@@ -196,6 +196,17 @@ def token_outputs(token_id: int | None, text: str, stop_reason: str) -> Dict[str
             "STOP_REASON": string_tensor([stop_reason]).reshape(1)}
 
 
+def positive_parameter(params: Mapping[str, str], key: str, default: int) -> int:
+    """Config parameter ``key`` as a whole number > 0 (``default`` when absent)."""
+    text = str(params.get(key) or "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise ToolkitError(f"model tinystories_generate: config parameter {key!r} is "
+                           f"{text!r}; expected a whole number > 0")
+    return int(text)
+
+
 class TritonPythonModel:
     """Decoupled adapter: every request is answered on its response sender, ending in a
     COMPLETE_FINAL send whatever happened (tokens then the stop reason, or one error)."""
@@ -210,16 +221,18 @@ class TritonPythonModel:
                 "tinystories_generate streams tokens: its config needs "
                 "model_transaction_policy { decoupled: true }")
         params = model_parameters(config)
+        # optional overrides (not written by the builder; measure_cancel_checks.py sets them)
+        try:
+            every_tokens = positive_parameter(params, "cancel_check_tokens", CANCEL_CHECK_TOKENS)
+            every_ms = positive_parameter(params, "cancel_check_ms", int(CANCEL_CHECK_S * 1000))
+        except ToolkitError as exc:
+            raise pb_utils.TritonModelException(str(exc)) from None
         folder = os.path.dirname(__file__)
         self.model = StreamingGenerator.open(
             os.path.join(folder, required_parameter(params, "model", "tinystories_generate")),
             os.path.join(folder, required_parameter(params, "tokenizer", "tinystories_generate")),
             int(params.get("default_max_new_tokens") or DEFAULT_MAX_NEW_TOKENS))
-        # optional overrides (not written by the builder; used to measure the check's cost)
-        self.model.cancel_check_tokens = int(params.get("cancel_check_tokens")
-                                             or CANCEL_CHECK_TOKENS)
-        self.model.cancel_check_s = float(params.get("cancel_check_ms")
-                                          or CANCEL_CHECK_S * 1000) / 1000
+        self.model.cancel_check_tokens, self.model.cancel_check_s = every_tokens, every_ms / 1000
         self.model.warm_up()
 
     def execute(self, requests):
