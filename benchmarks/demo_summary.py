@@ -53,6 +53,11 @@ def summary_rows(root: Path) -> List[Row]:
              lambda d: _bench(d["results"], "p50_ms", ".2f")),
         _row(root, "Stories decode tokens/s (ORT)", "results/bench_stories.json",
              lambda d: _bench(d["results"], "decode_tokens_per_s", ".0f")),
+        _row(root, "Features test accuracy (PyTorch)", "checkpoints/waves/test_metrics.json",
+             lambda d: pct(d["accuracy"])),
+        _row(root, "Features accuracy FP32 / INT8 Q/DQ (ORT)", "reports/waves.int8.json",
+             lambda d: f"{pct(d['fp32']['accuracy'])} / {pct(d['int8']['accuracy'])} "
+                       f"(drop {d['drop']:.2f} {d['drop_unit']})"),
     ]
 
 
