@@ -39,7 +39,13 @@ def served_logits(url: str, rows: Sequence[np.ndarray], protocol: str = "http",
     """Windows (each (steps, F) raw) -> ((len(rows), labels) float32 logits, label names)."""
     from calibration.feature_data import pad_rows
     from runtime.features import padded_length
-    from triton_repo.client import _deadline, _describe, _transport_errors, make_input, open_checked
+    from triton_repo.connection import (
+        _deadline,
+        _describe,
+        _transport_errors,
+        make_input,
+        open_checked,
+    )
 
     client, _version, config = open_checked(url, protocol, model, timeout_s)
     try:
@@ -99,7 +105,7 @@ def label_names(client, url: str, protocol: str, model: str, feature_dim: int, c
     (answers "score:index:label" per label, the label from the model's label_filename). The
     request is one window of one step, padded to the model's shortest length."""
     from calibration.feature_data import pad_rows
-    from triton_repo.client import _deadline, _describe, _transport_errors, make_input
+    from triton_repo.connection import _deadline, _describe, _transport_errors, make_input
 
     if protocol == "http":
         import tritonclient.http as module
@@ -164,7 +170,7 @@ def main(feature_file: str, url: str, protocol: str, model: str,
     if limit is not None and limit < 1:
         raise ToolkitError(f"--limit {limit}: expected a number of windows >= 1")
     if wait_s > 0:
-        from triton_repo.client import wait_until_ready
+        from triton_repo.connection import wait_until_ready
 
         wait_until_ready(url, protocol, [model], timeout_s=wait_s)
     rows = read_feature_file(feature_file, read_labels=False).rows()[:limit]
