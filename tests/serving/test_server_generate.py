@@ -133,8 +133,8 @@ def test_abandoned_stream_is_cancelled_and_the_next_one_is_served(triton_server,
 
 def test_a_burst_beyond_the_queue_is_refused_at_once(triton_server):
     """One instance, a queue of 4 (the builder's defaults): of 9 streams sent together, those
-    beyond the running one and the queue get UNAVAILABLE "Exceeds maximum queue size" at once
-    instead of waiting; every accepted stream still ends whole."""
+    beyond the queue (and the running one, once the instance has taken it) get UNAVAILABLE
+    "Exceeds maximum queue size" at once instead of waiting; every accepted stream ends whole."""
     import queue
     import time
 
@@ -177,7 +177,9 @@ def test_a_burst_beyond_the_queue_is_refused_at_once(triton_server):
         client.stop_stream()
         client.close()
     assert refused, "no stream was refused: the queue is unbounded"
-    assert len(ended) >= 1 + DEFAULT_GENERATOR_QUEUE
+    # The queue holds DEFAULT_GENERATOR_QUEUE streams; the running one is taken out of it only
+    # once the instance picks it up, so a burst may see 4 or 5 accepted (seen in CI: 4).
+    assert len(ended) >= DEFAULT_GENERATOR_QUEUE
     for seconds, message in refused.values():
         assert "Exceeds maximum queue size" in message
         assert seconds < 2.0, f"refused after {seconds:.2f} s"
