@@ -17,7 +17,7 @@ import os
 import socket
 import threading
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 from urllib.parse import urlparse
 
 from common.errors import ToolkitError
@@ -128,10 +128,9 @@ def _layout_hint(name: str) -> str:
     return f"stories separated by lines that are exactly {END_OF_TEXT_LINE}"
 
 
-def read_imdb_jsonl(path: Path) -> Tuple[List[str], List[int]]:
-    """Read ``{"text", "label"}`` lines; errors name ``file:line``."""
-    texts: List[str] = []
-    labels: List[int] = []
+def text_label_records(path: Path) -> Iterator[Tuple[int, str, Any]]:
+    """(line number, text, raw label) of each ``{"text", "label"}`` line; errors name
+    ``file:line``. The label is the caller's to check."""
     # split on "\n" only: str.splitlines() would also cut at U+2028/U+0085 inside a review
     for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
         if not line.strip():
@@ -142,10 +141,17 @@ def read_imdb_jsonl(path: Path) -> Tuple[List[str], List[int]]:
             raise ToolkitError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise ToolkitError(f'{path}:{lineno}: expected an object with "text" and "label"')
-        label = record.get("label")
+        yield lineno, record["text"], record.get("label")
+
+
+def read_imdb_jsonl(path: Path) -> Tuple[List[str], List[int]]:
+    """Read ``{"text", "label"}`` lines; errors name ``file:line``."""
+    texts: List[str] = []
+    labels: List[int] = []
+    for lineno, text, label in text_label_records(path):
         if type(label) is not int or label not in (0, 1):  # bool is an int: reject it too
             raise ToolkitError(f"{path}:{lineno}: label {label!r}: expected 0 or 1")
-        texts.append(clean_imdb_text(record["text"]))
+        texts.append(clean_imdb_text(text))
         labels.append(label)
     if not texts:
         raise ToolkitError(f"{path} holds no reviews: expected {_layout_hint(path.name)}")

@@ -38,6 +38,9 @@ from train.feature_data import (
     label_ids,
     label_vocabulary,
     read_split,
+    split_names,
+    table_columns,
+    table_options,
 )
 from train.feature_table import TableColumns
 
@@ -81,29 +84,12 @@ def write_npz(path: Path, split: RawSplit, names: List[str],
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def _names(value: Optional[str], option: str) -> Optional[List[str]]:
-    if not value:
-        return None
-    names = [v.strip() for v in value.split(",")]
-    if any(not n for n in names):
-        raise ToolkitError(f"{option} {value!r}: expected comma-separated names, none empty")
-    return names
-
-
 @click.command(context_settings={"show_default": True})
 @click.option("--data", "data_source", type=click.Path(path_type=Path), required=True,
               help="folder with train.* (valid.*, test.*) or one file: .csv, .parquet, .npz")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
               help="folder for the .npz files")
-@click.option("--format", "fmt", type=click.Choice(["auto", *FORMATS]), default="auto",
-              help="auto: from the file extension")
-@click.option("--id-column", default="sequence_id", help="CSV/Parquet: the sequence id column")
-@click.option("--step-column", default=None,
-              help="CSV/Parquet: order within a sequence [default: 'step' if present, else "
-                   "file order]")
-@click.option("--label-column", default="label", help="CSV/Parquet: the label column")
-@click.option("--feature-columns", default=None,
-              help="CSV/Parquet: comma-separated feature columns [default: all other columns]")
+@table_options
 @click.option("--labels", "label_names", default=None,
               help="comma-separated label names in id order, as given to train.features "
                    "[default: sorted training labels]")
@@ -111,11 +97,9 @@ def _names(value: Optional[str], option: str) -> Optional[List[str]]:
 def main(data_source: Path, out_dir: Path, fmt: str, id_column: str, step_column: Optional[str],
          label_column: str, feature_columns: Optional[str], label_names: Optional[str]) -> None:
     """Write CSV/Parquet feature tables as .npz files for calibration, runtime and Triton."""
-    features = _names(feature_columns, "--feature-columns")
-    columns = TableColumns(id_column, step_column, label_column,
-                           tuple(features) if features else None)
+    columns = table_columns(id_column, step_column, label_column, feature_columns)
     for path in convert(data_source, out_dir, columns,
-                              _names(label_names, "--labels"), fmt).values():
+                        split_names(label_names, "--labels"), fmt).values():
         with np.load(path) as npz:
             n, seq, dim = npz["features"].shape
         click.echo(f"wrote {path}: {n} sequences of up to {seq} steps, {dim} features")

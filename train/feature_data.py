@@ -24,6 +24,48 @@ from common.errors import ToolkitError
 from train.feature_table import TableColumns, group_sequences, read_columns
 
 FORMATS = ("npz", "csv", "parquet")
+
+
+def table_options(command):
+    """The data-format and column options of every command that reads feature tables
+    (train.features, train.feature_convert), so both read a table alike."""
+    import click
+
+    options = [
+        click.option("--format", "fmt", type=click.Choice(["auto", *FORMATS]), default="auto",
+                     help="auto: from the file extension"),
+        click.option("--id-column", default="sequence_id",
+                     help="CSV/Parquet: the sequence id column"),
+        click.option("--step-column", default=None,
+                     help="CSV/Parquet: order within a sequence [default: 'step' if present, "
+                          "else file order]"),
+        click.option("--label-column", default="label", help="CSV/Parquet: the label column"),
+        click.option("--feature-columns", default=None,
+                     help="CSV/Parquet: comma-separated feature columns [default: all other "
+                          "columns]"),
+    ]
+    for option in reversed(options):  # click lists options in decorator order
+        command = option(command)
+    return command
+
+
+def split_names(value: Optional[str], option: str = "") -> Optional[List[str]]:
+    """"a,b,c" -> ["a", "b", "c"]; None or "" -> None."""
+    if not value:
+        return None
+    names = [v.strip() for v in value.split(",")]
+    if any(not n for n in names):
+        where = f"{option} " if option else ""
+        raise ToolkitError(f"{where}{value!r}: expected comma-separated names, none empty")
+    return names
+
+
+def table_columns(id_column: str, step_column: Optional[str], label_column: str,
+                  feature_columns: Optional[str]) -> TableColumns:
+    """The TableColumns of the options ``table_options`` adds."""
+    features = split_names(feature_columns, "--feature-columns")
+    return TableColumns(id_column, step_column, label_column,
+                        tuple(features) if features else None)
 SPLITS = ("train", "valid", "test")
 STD_FLOOR = 1e-6
 DEFAULT_COLUMNS = TableColumns()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import click
 import torch
@@ -27,15 +27,16 @@ from train import distributed
 from train.batching import bucketed_batches
 from train.cli_options import build, dataclass_options
 from train.feature_data import (
-    FORMATS,
     FeatureData,
     FeatureSplit,
     load_feature_data,
     normalization_stats,
     normalize,
+    split_names,
+    table_columns,
+    table_options,
 )
 from train.feature_eval import evaluate_features, feature_batch, feature_metrics
-from train.feature_table import TableColumns
 from train.model import ClassifierConfig
 from train.trainer import TrainConfig, report_run, train
 
@@ -75,16 +76,6 @@ class FeatureTask:
 
     def score(self, metrics: Dict[str, float]) -> float:
         return metrics["accuracy"]
-
-
-def split_names(value: Optional[str]) -> Optional[List[str]]:
-    """"a,b,c" -> ["a", "b", "c"]; None or "" -> None."""
-    if not value:
-        return None
-    names = [v.strip() for v in value.split(",")]
-    if any(not n for n in names):
-        raise ToolkitError(f"{value!r}: expected comma-separated names, none empty")
-    return names
 
 
 def normalised(data: FeatureData, stats: Dict) -> Dict[str, FeatureSplit]:
@@ -150,15 +141,7 @@ def check_same_data(last: Path, meta: Dict) -> None:
 @click.option("--data", "data_source", type=click.Path(path_type=Path), default=DEFAULT_DATA,
               help="folder with train.* (valid.*, test.*) or one file: .npz, .csv, .parquet")
 @click.option("--out-dir", type=click.Path(path_type=Path), default=Path("checkpoints/features"))
-@click.option("--format", "fmt", type=click.Choice(["auto", *FORMATS]), default="auto",
-              help="auto: from the file extension")
-@click.option("--id-column", default="sequence_id", help="CSV/Parquet: the sequence id column")
-@click.option("--step-column", default=None,
-              help="CSV/Parquet: order within a sequence [default: 'step' if present, else "
-                   "file order]")
-@click.option("--label-column", default="label", help="CSV/Parquet: the label column")
-@click.option("--feature-columns", default=None,
-              help="CSV/Parquet: comma-separated feature columns [default: all other columns]")
+@table_options
 @click.option("--labels", "label_names", default=None,
               help="comma-separated label names in id order [default: sorted training labels]")
 @click.option("--val-fraction", type=float, default=0.1,
@@ -172,8 +155,7 @@ def main(data_source, out_dir, fmt, id_column, step_column, label_column, featur
          label_names, val_fraction, split_seed, resume, **options):
     """Train the encoder classifier on continuous-feature sequences and keep the best epoch."""
     distributed.setup()  # under torchrun: join the job first, so only rank 0 prints
-    columns = TableColumns(id_column, step_column, label_column,
-                           tuple(split_names(feature_columns) or ()) or None)
+    columns = table_columns(id_column, step_column, label_column, feature_columns)
     data = load_feature_data(data_source, columns, split_names(label_names), val_fraction,
                              split_seed, fmt)
     print(describe(data))

@@ -155,20 +155,7 @@ def read_labelled_jsonl(path: Path) -> Tuple[List[str], List[Label]]:
     ``file:line``. Texts as written (``load_labelled`` cleans them when asked)."""
     texts: List[str] = []
     labels: List[Label] = []
-    try:
-        content = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ToolkitError(f"{path} is not UTF-8 text (byte {exc.start})") from None
-    for lineno, line in enumerate(content.split("\n"), start=1):  # not splitlines: U+2028
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ToolkitError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise ToolkitError(f'{path}:{lineno}: expected an object with "text" and "label"')
-        label = record.get("label")
+    for lineno, text, label in datasets_.text_label_records(path):
         is_int = type(label) is int and label >= 0  # bool is an int: refused too
         if not (is_int or (isinstance(label, str) and label.strip())):
             raise ToolkitError(f"{path}:{lineno}: label {label!r}: expected an integer >= 0 or "
@@ -176,7 +163,7 @@ def read_labelled_jsonl(path: Path) -> Tuple[List[str], List[Label]]:
         if labels and isinstance(label, str) != isinstance(labels[0], str):
             raise ToolkitError(f"{path}:{lineno}: label {label!r}: the file mixes integer and "
                                "string labels; use one kind")
-        texts.append(record["text"])
+        texts.append(text)
         labels.append(label)
     if not texts:
         raise ToolkitError(f"{path} holds no examples: expected one {{\"text\", \"label\"}} "

@@ -24,6 +24,7 @@ if os.path.isdir(_TOOLKIT) and _TOOLKIT not in sys.path:  # inside a built repos
 
 from common.errors import ToolkitError  # noqa: E402
 from triton_repo.models.requests import (  # noqa: E402
+    answer_together,
     check_dtype,
     check_input_names,
     check_parameters,
@@ -113,24 +114,8 @@ class TritonPythonModel:
         self.model = OrtFeatureClassifier.open(os.path.join(os.path.dirname(__file__), model))
 
     def execute(self, requests):
-        pb = self.pb_utils
-        responses: List[Any] = [None] * len(requests)
-        good, good_rows = [], []
-        for i, request in enumerate(requests):
-            try:
-                good_rows.append(self.model.parse(request_inputs(request), request.parameters()))
-                good.append(i)
-            except Exception as exc:  # this request's error response; the others still run
-                responses[i] = pb.InferenceResponse(error=triton_error(pb, exc))
-        if good:
-            try:
-                for i, logits in zip(good, self.model.logits(good_rows)):
-                    responses[i] = pb.InferenceResponse(
-                        output_tensors=[pb.Tensor(OUTPUT, logits)])
-            except Exception as exc:  # a failed run answers every request that was in it
-                for i in good:
-                    responses[i] = pb.InferenceResponse(error=triton_error(pb, exc))
-        return responses
+        return answer_together(self.pb_utils, requests, self.model.parse, self.model.logits,
+                               OUTPUT)
 
     def finalize(self) -> None:
         self.model.close()

@@ -122,6 +122,29 @@ def triton_error(pb_utils, exc: BaseException):
     return pb_utils.TritonError(error_message(exc), code)
 
 
+def answer_together(pb_utils, requests, parse, run, output: str) -> List[Any]:
+    """One response per request: ``parse(inputs, parameters)`` each (a bad request gets its own
+    error), then ``run(parsed rows)`` once for the good ones, whose arrays become ``output``;
+    a failed run answers every request that was in it."""
+    responses: List[Any] = [None] * len(requests)
+    good, good_rows = [], []
+    for i, request in enumerate(requests):
+        try:
+            good_rows.append(parse(request_inputs(request), request.parameters()))
+            good.append(i)
+        except Exception as exc:  # this request's error response; the others still run
+            responses[i] = pb_utils.InferenceResponse(error=triton_error(pb_utils, exc))
+    if good:
+        try:
+            for i, array in zip(good, run(good_rows)):
+                responses[i] = pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(output, array)])
+        except Exception as exc:
+            for i in good:
+                responses[i] = pb_utils.InferenceResponse(error=triton_error(pb_utils, exc))
+    return responses
+
+
 def request_inputs(request) -> Dict[str, np.ndarray]:
     """{name: numpy array} of every input a python-backend request carries."""
     return {tensor.name(): tensor.as_numpy() for tensor in request.inputs()}
