@@ -132,7 +132,7 @@ def test_abandoned_stream_is_cancelled_and_the_next_one_is_served(triton_server,
 
 
 def test_a_burst_beyond_the_queue_is_refused_at_once(triton_server):
-    """One instance, a queue of 4 (the builder's defaults): of 9 streams sent together, those
+    """One instance, a queue of 4 (the builder's defaults): of 12 streams sent together, those
     beyond the queue (and the running one, once the instance has taken it) get UNAVAILABLE
     "Exceeds maximum queue size" at once instead of waiting; every accepted stream ends whole."""
     import queue
@@ -152,9 +152,10 @@ def test_a_burst_beyond_the_queue_is_refused_at_once(triton_server):
 
     events: queue.Queue = queue.Queue()
     clients = []
-    burst = DEFAULT_GENERATOR_QUEUE + 5
+    burst = DEFAULT_GENERATOR_QUEUE + 8  # well past the queue, so a slow send still overflows it
     for index in range(burst):
         client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+        assert client.is_server_live()  # connect now: a lazy connect per send spreads the burst
         client.start_stream(callback=lambda result, error, i=index: events.put(
             (i, time.monotonic(), result, error)))
         clients.append(client)
